@@ -257,6 +257,8 @@ class DataConfig:
     """Domain sampling: static (fixed weights) or dynamic (weights updated from validation losses)."""
     weights_preset: Optional[str] = None
     """Named static weights: uniform, llama, sheared_llama (mapped onto the domain names)."""
+    ref_losses_preset: Optional[str] = None
+    """Named reference losses for dynamic sampling: llama2-7b (the spec's LLaMA-2-7B losses); a domain's ref_loss wins."""
     dynamic_variant: str = "sheared"
     """dynamic rule: sheared (softmax(log a + eta*(L - L_ref)) then smoothing) or paper (a * exp(max(0, L - L_ref)))."""
     dynamic_eta: float = 1.0
@@ -275,6 +277,21 @@ class DataConfig:
     def __post_init__(self) -> None:
         self.domains = [d if isinstance(d, DomainConfig) else _build(DomainConfig, d, "data.domains[]")
                         for d in self.domains]
+
+    def validate(self) -> None:
+        if self.sampling not in ("static", "dynamic"):
+            raise ConfigError(f"data.sampling={self.sampling!r} is not one of static, dynamic")
+        if self.dynamic_variant not in ("sheared", "paper"):
+            raise ConfigError(f"data.dynamic_variant={self.dynamic_variant!r} is not one of sheared, paper")
+        if not 0 <= self.valid_fraction < 1:
+            raise ConfigError(f"data.valid_fraction={self.valid_fraction} must be in [0, 1)")
+        if not 0 <= self.dynamic_smoothing <= 1:
+            raise ConfigError(f"data.dynamic_smoothing={self.dynamic_smoothing} must be in [0, 1]")
+        if self.seq_len < 2:
+            raise ConfigError(f"data.seq_len={self.seq_len} must be >= 2")
+        names = [d.name for d in self.domains]
+        if any(not n for n in names) or len(set(names)) != len(names):
+            raise ConfigError(f"data.domains need distinct non-empty names, got {names}")
 
 
 # --------------------------------------------------------------------------------------- training
@@ -386,6 +403,7 @@ class Config:
         self.moe.validate(self.model)
         self.parallel.validate(world_size, self.model, self.moe)
         self.train.validate()
+        self.data.validate()
         dp = self.parallel.dp(world_size)
         if self.train.global_batch_size % (self.train.micro_batch_size * dp):
             raise ConfigError(f"train.global_batch_size={self.train.global_batch_size} is not divisible by "
@@ -437,6 +455,11 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         return _coerce(value, args[0], where)
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-3 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if kind is bool and isinstance(value, bool):

@@ -1,0 +1,69 @@
+"""The on-disk checkpoint layout (docs/checkpoint_format.md): what makes a directory a checkpoint, its config."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..config import Config, ConfigError, ModelConfig, MoEConfig, _build
+from ..errors import CheckpointError
+
+FORMAT, VERSION = "megatron_moe", 1
+CONFIG, MODEL_DIR, INDEX, LATEST = "config.json", "model", "index.json", "latest"
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    p = Path(path)
+    return (p / CONFIG).is_file() and (p / MODEL_DIR / INDEX).is_file()
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint directory, or a run/checkpoints directory whose `latest` pointer names one."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such checkpoint")
+    for base in (p, p / "checkpoints"):
+        if is_checkpoint(base):
+            return base
+        if (base / LATEST).is_file():
+            target = base / (base / LATEST).read_text().strip()
+            if is_checkpoint(target):
+                return target
+            raise CheckpointError(f"{base / LATEST} points at {target.name}, which is not a complete checkpoint")
+    raise CheckpointError(f"{p}: not a megatron_moe checkpoint (needs {CONFIG} and {MODEL_DIR}/{INDEX})")
+
+
+def config_dict(model: ModelConfig, moe: MoEConfig, extra: dict | None = None) -> dict:
+    import dataclasses
+
+    out = {"format": FORMAT, "version": VERSION, "model": dataclasses.asdict(model), "moe": dataclasses.asdict(moe)}
+    out.update(extra or {})
+    return out
+
+
+def read_config(path: str | Path) -> tuple[ModelConfig, MoEConfig, dict]:
+    """Model and MoE config of a checkpoint, plus the raw config.json."""
+    p = resolve(path)
+    try:
+        raw = json.loads((p / CONFIG).read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{p / CONFIG}: invalid JSON ({err.msg} at line {err.lineno})") from None
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(f"{p / CONFIG}: format is {raw.get('format')!r}, expected {FORMAT!r}")
+    try:
+        return _build(ModelConfig, raw["model"], "model"), _build(MoEConfig, raw.get("moe") or {}, "moe"), raw
+    except (KeyError, ConfigError) as err:
+        raise CheckpointError(f"{p / CONFIG}: {err}") from None
+
+
+def apply_checkpoint_config(cfg: Config, path: str | Path) -> Config:
+    """Take model and moe sections from a checkpoint (what `checkpoint.load` means for the model)."""
+    cfg.model, cfg.moe, _ = read_config(path)
+    return cfg
+
+
+def read_index(path: str | Path) -> dict:
+    p = resolve(path)
+    try:
+        return json.loads((p / MODEL_DIR / INDEX).read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{p / MODEL_DIR / INDEX}: invalid JSON ({err.msg})") from None

@@ -1,0 +1,136 @@
+"""Single-process checkpoint I/O: a streaming writer (one part at a time) and a full-tensor reader.
+
+    with CheckpointWriter(save_dir, config_dict(model_cfg, moe_cfg)) as w:   # temp dir, renamed on success
+        w.add_part("layer_000", {"layers.0.attn.wq.weight": t, ...})
+        w.write_json("construction.json", {...})
+    for name, tensor in iter_tensors(ckpt_dir): ...
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+import torch
+import torch.distributed.checkpoint as dcp
+
+from ..errors import CheckpointError
+from .format import CONFIG, INDEX, MODEL_DIR, read_index, resolve
+
+
+def part_of(name: str) -> str:
+    """Which part a canonical tensor lives in: embed, layer_NNN or final."""
+    if name.startswith("layers."):
+        return f"layer_{int(name.split('.')[1]):03d}"
+    return "embed" if name.startswith("embed.") else "final"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def dcp_save(tensors: dict, path: Path, no_dist: bool) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save(tensors, storage_writer=dcp.FileSystemWriter(str(path), sync_files=True), no_dist=no_dist)
+
+
+def dcp_load(targets: dict, path: Path, no_dist: bool) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.load(targets, storage_reader=dcp.FileSystemReader(str(path)), no_dist=no_dist)
+
+
+def part_metadata(path: Path) -> dict:
+    """name -> (shape, dtype) as stored in one DCP part."""
+    md = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    return {k: (tuple(v.size), v.properties.dtype) for k, v in md.items() if hasattr(v, "size")}
+
+
+class CheckpointWriter:
+    """Write a checkpoint part by part into `.NAME.tmp-PID` next to `save_dir`; rename when complete."""
+
+    def __init__(self, save_dir: str | Path, config: dict, overwrite: bool = False):
+        self.final = Path(save_dir)
+        if self.final.exists() and not overwrite:
+            raise CheckpointError(f"{self.final} already exists; choose another --save or remove it")
+        self.tmp = self.final.parent / f".{self.final.name}.tmp-{os.getpid()}"
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        (self.tmp / MODEL_DIR).mkdir(parents=True)
+        self.config, self.parts, self.dtype = config, {}, None
+        self.overwrite = overwrite
+
+    def add_part(self, part: str, tensors: dict[str, torch.Tensor]) -> None:
+        if part in self.parts:
+            raise ValueError(f"part {part!r} written twice")
+        tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
+        dcp_save(tensors, self.tmp / MODEL_DIR / part, no_dist=True)
+        self.parts[part] = sorted(tensors)
+        self.dtype = self.dtype or str(next(iter(tensors.values())).dtype).replace("torch.", "")
+
+    def write_json(self, filename: str, obj) -> None:
+        (self.tmp / filename).write_text(json.dumps(obj, indent=1))
+
+    def copy_in(self, src: str | Path, name: Optional[str] = None) -> None:
+        shutil.copy2(src, self.tmp / (name or Path(src).name))
+
+    def commit(self) -> Path:
+        (self.tmp / MODEL_DIR / INDEX).write_text(json.dumps({"parts": self.parts, "dtype": self.dtype}, indent=1))
+        (self.tmp / CONFIG).write_text(json.dumps(self.config, indent=1))  # last: marks the checkpoint complete
+        _fsync_dir(self.tmp)
+        if self.final.exists() and self.overwrite:
+            shutil.rmtree(self.final)
+        os.replace(self.tmp, self.final)
+        return self.final
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+        return False
+
+
+def iter_tensors(path: str | Path, names: Optional[Iterable[str]] = None,
+                 dtype: Optional[torch.dtype] = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, full tensor) part by part (only one part in memory at a time)."""
+    ckpt = resolve(path)
+    index = read_index(ckpt)
+    wanted = None if names is None else set(names)
+    for part, part_names in index["parts"].items():
+        sel = [n for n in part_names if wanted is None or n in wanted]
+        if not sel:
+            continue
+        pdir = ckpt / MODEL_DIR / part
+        try:
+            md = part_metadata(pdir)
+            targets = {n: torch.empty(md[n][0], dtype=md[n][1]) for n in sel}
+            dcp_load(targets, pdir, no_dist=True)
+        except (OSError, KeyError, RuntimeError, ValueError) as err:
+            raise CheckpointError(f"{pdir}: unreadable checkpoint part ({str(err).splitlines()[0][:200]})") from None
+        for n in sel:
+            yield n, targets[n] if dtype is None else targets[n].to(dtype)
+    if wanted is not None:
+        have = {n for ns in index["parts"].values() for n in ns}
+        missing = wanted - have
+        if missing:
+            raise CheckpointError(f"{ckpt}: checkpoint lacks {sorted(missing)[0]!r} ({len(missing)} missing)")
+
+
+def read_tensors(path: str | Path, names: Optional[Iterable[str]] = None) -> dict[str, torch.Tensor]:
+    return dict(iter_tensors(path, names))

@@ -1,0 +1,30 @@
+"""Import a dense LLaMA-2 checkpoint (HF or Meta) into this project's checkpoint format, streaming."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tqdm import tqdm
+
+from ..checkpoint import CheckpointWriter, config_dict, part_of
+from ..config import MoEConfig
+from .dense import open_dense
+
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def import_dense(load: str | Path, save: str | Path, dtype: Optional[torch.dtype] = None) -> Path:
+    """Convert tensor by tensor, one part (layer) in memory at a time. Returns the checkpoint path."""
+    reader = open_dense(load)
+    cfg = reader.config
+    parts: dict[str, list[str]] = {}
+    for n in reader.names():
+        parts.setdefault(part_of(n), []).append(n)
+    with CheckpointWriter(save, config_dict(cfg, MoEConfig(), {"source": str(load)})) as w:
+        for part, names in tqdm(parts.items(), desc="import", unit="part"):
+            w.add_part(part, {n: reader.get(n).to(dtype or torch.float32) for n in names})
+        for f in TOKENIZER_FILES:
+            if (Path(load) / f).is_file():
+                w.copy_in(Path(load) / f)
+    return Path(save)

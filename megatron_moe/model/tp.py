@@ -1,0 +1,92 @@
+"""Tensor-parallel linears and embedding from megatron-core, with the sequence-parallel path done by our
+device-agnostic collectives.
+
+Without sequence parallelism the megatron-core layers run their own forward (copy-to / all-reduce regions).
+With it, megatron-core's all-gather / reduce-scatter would allocate on CUDA, so `column()` expects the input
+already gathered (by `parallel.gather_seq`, whose backward reduce-scatters) and `row()` reduce-scatters the
+partial output itself. A world of one uses torch.nn layers with the same parameter names and shapes, so
+single-process inference needs no process group.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..parallel import ParallelState, all_reduce_sum, reduce_scatter_seq
+from .sharding import Split, mark
+
+
+def _mp_config(ps: ParallelState):
+    from megatron.core.model_parallel_config import ModelParallelConfig
+
+    # perform_initialization=False: init.py initialises every parameter from its canonical global tensor.
+    return ModelParallelConfig(tensor_model_parallel_size=ps.tp_size, sequence_parallel=False,
+                               use_cpu_initialization=True, perform_initialization=False,
+                               params_dtype=torch.float32)
+
+
+def column_linear(in_features: int, out_features: int, ps: ParallelState) -> nn.Module:
+    """W [out, in], split along out over TP."""
+    if ps.tp_size == 1:
+        layer = nn.Linear(in_features, out_features, bias=False)
+    else:
+        from megatron.core.tensor_parallel import ColumnParallelLinear
+
+        layer = ColumnParallelLinear(in_features, out_features, config=_mp_config(ps), init_method=nn.init.zeros_,
+                                     bias=False, gather_output=False, skip_bias_add=True, tp_group=ps.tp_group,
+                                     disable_grad_reduce=ps.sp)
+    mark(layer.weight, Split(0, ps.tp_size, ps.tp_rank))
+    return layer
+
+
+def row_linear(in_features: int, out_features: int, ps: ParallelState) -> nn.Module:
+    """W [out, in], split along in over TP; the output is summed over TP."""
+    if ps.tp_size == 1:
+        layer = nn.Linear(in_features, out_features, bias=False)
+    else:
+        from megatron.core.tensor_parallel import RowParallelLinear
+
+        layer = RowParallelLinear(in_features, out_features, config=_mp_config(ps), init_method=nn.init.zeros_,
+                                  bias=False, input_is_parallel=True, skip_bias_add=True, tp_group=ps.tp_group)
+    mark(layer.weight, Split(1, ps.tp_size, ps.tp_rank))
+    return layer
+
+
+def vocab_embedding(vocab: int, dim: int, ps: ParallelState) -> nn.Module:
+    if ps.tp_size == 1:
+        layer = nn.Embedding(vocab, dim)
+    else:
+        from megatron.core.tensor_parallel import VocabParallelEmbedding
+
+        layer = VocabParallelEmbedding(vocab, dim, init_method=nn.init.zeros_, config=_mp_config(ps),
+                                       tp_group=ps.tp_group)
+    mark(layer.weight, Split(0, ps.tp_size, ps.tp_rank))
+    return layer
+
+
+def column(layer: nn.Module, x: torch.Tensor, ps: ParallelState) -> torch.Tensor:
+    """Local output shard of a column-parallel linear. Under SP, `x` must already be sequence-gathered."""
+    if ps.tp_size == 1:
+        return layer(x)
+    if ps.sp:
+        return F.linear(x, layer.weight)
+    return layer(x)[0]
+
+
+def row(layer: nn.Module, h: torch.Tensor, ps: ParallelState) -> torch.Tensor:
+    """Full output of a row-parallel linear: all-reduced over TP, or reduce-scattered along the sequence (dim 1)
+    under SP."""
+    if ps.tp_size == 1:
+        return layer(h)
+    if ps.sp:
+        return reduce_scatter_seq(F.linear(h, layer.weight), ps.tp_group, dim=1)
+    return layer(h)[0]
+
+
+def row_partial(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """Row-parallel matmul without the reduction (the caller reduces)."""
+    return F.linear(h, layer.weight)
+
+
+__all__ = ["column_linear", "row_linear", "vocab_embedding", "column", "row", "row_partial", "all_reduce_sum"]
