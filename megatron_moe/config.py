@@ -272,7 +272,7 @@ class DataConfig:
     tokenizer: Optional[str] = None
     """Tokenizer (sentencepiece .model, HF dir or tokenizer.json), used for demos and generation."""
     num_workers: int = 0
-    """DataLoader worker processes per rank."""
+    """Reserved for background loading; MultiDomainData reads packed samples synchronously from mmap (fast)."""
 
     def __post_init__(self) -> None:
         self.domains = [d if isinstance(d, DomainConfig) else _build(DomainConfig, d, "data.domains[]")
@@ -347,6 +347,15 @@ class TrainConfig:
             raise ConfigError(f"train.precision={self.precision!r} is not one of auto, bf16, fp32")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"train.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        for name in ("micro_batch_size", "global_batch_size", "train_steps", "max_bad_steps", "eval_iters",
+                     "log_interval"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
+        for name in ("lr", "warmup_steps", "weight_decay", "clip_grad", "eval_interval"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 0")
+        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
+            raise ConfigError(f"train.adam_beta1={self.adam_beta1}, adam_beta2={self.adam_beta2} must be in [0, 1)")
 
 
 @dataclass

@@ -1,0 +1,138 @@
+"""Tokenizers behind one small interface: sentencepiece `.model` files and HF `tokenizer.json` / directories.
+
+    tok = load_tokenizer("tokenizer.model")      # or "hf_dir/" or "hf_dir/tokenizer.json"
+    ids = tok.encode("text")                     # no BOS/EOS; callers add them (see `encode_document`)
+    tok.bos_id, tok.eos_id, tok.vocab_size
+
+A path that does not exist or cannot be parsed raises `TokenizerError` with one line naming the path.
+Tokenizer objects are cheap to rebuild from their path, which is how worker processes get their own copy.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+_BOS_NAMES = ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>", "<|endoftext|>")
+_EOS_NAMES = ("</s>", "<|end_of_text|>", "<eos>", "<|endoftext|>", "<|im_end|>")
+
+
+class TokenizerError(ValueError):
+    """A tokenizer path that is missing, unreadable, or lacks a BOS token; one line naming the path."""
+
+
+class Tokenizer:
+    """Common interface: `encode(text) -> list[int]` without special tokens, plus special-token ids."""
+
+    path: str
+    bos_id: int
+    eos_id: Optional[int]
+    vocab_size: int
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+    def encode_document(self, text: str, append_eos: bool = False) -> list[int]:
+        """Token ids of one document: BOS, the text's tokens, and EOS when asked (LLaMA packing)."""
+        ids = [self.bos_id] + self.encode(text)
+        if append_eos:
+            if self.eos_id is None:
+                raise TokenizerError(f"tokenizer {self.path} has no EOS token but append_eos was asked")
+            ids.append(self.eos_id)
+        return ids
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """A sentencepiece model file (the LLaMA-2 `tokenizer.model` format)."""
+
+    def __init__(self, path: str):
+        import sentencepiece as spm
+
+        self.path = str(path)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_file=self.path)
+        except (OSError, RuntimeError) as err:
+            raise TokenizerError(f"tokenizer {self.path} is not a readable sentencepiece model: "
+                                 f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        self.vocab_size = int(self._sp.get_piece_size())
+        bos, eos = int(self._sp.bos_id()), int(self._sp.eos_id())
+        if bos < 0:
+            raise TokenizerError(f"tokenizer {self.path} defines no BOS token (bos_id=-1)")
+        self.bos_id = bos
+        self.eos_id = eos if eos >= 0 else None
+
+    def encode(self, text: str) -> list[int]:
+        return self._sp.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self._sp.decode(list(ids))
+
+
+class HFTokenizer(Tokenizer):
+    """A HF fast tokenizer (`tokenizer.json`, optionally with `tokenizer_config.json` naming BOS/EOS)."""
+
+    def __init__(self, json_path: Path, config_path: Optional[Path] = None):
+        from tokenizers import Tokenizer as _Tok
+
+        self.path = str(json_path)
+        try:
+            self._tok = _Tok.from_file(self.path)
+        except Exception as err:  # tokenizers raises a plain Exception on bad JSON
+            raise TokenizerError(f"tokenizer {self.path} is not a readable tokenizer.json: "
+                                 f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
+        named = _special_tokens_from_config(config_path) if config_path else {}
+        self.bos_id = self._find(named.get("bos_token"), _BOS_NAMES)
+        if self.bos_id is None:
+            raise TokenizerError(f"tokenizer {self.path} has no BOS token (looked for {', '.join(_BOS_NAMES)})")
+        self.eos_id = self._find(named.get("eos_token"), _EOS_NAMES)
+
+    def _find(self, configured: Optional[str], fallbacks: tuple) -> Optional[int]:
+        for name in ([configured] if configured else []) + list(fallbacks):
+            idx = self._tok.token_to_id(name)
+            if idx is not None:
+                return int(idx)
+        return None
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=False)
+
+
+def _special_tokens_from_config(path: Path) -> dict:
+    """bos_token / eos_token strings from a tokenizer_config.json (values may be str or {"content": str})."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise TokenizerError(f"tokenizer config {path} is not readable JSON: {err}") from None
+    out = {}
+    for key in ("bos_token", "eos_token"):
+        value = data.get(key)
+        if isinstance(value, dict):
+            value = value.get("content")
+        if isinstance(value, str):
+            out[key] = value
+    return out
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Open a sentencepiece `.model`, a `tokenizer.json`, or a HF directory holding either."""
+    p = Path(path)
+    if not p.exists():
+        raise TokenizerError(f"tokenizer {p} does not exist")
+    if p.is_dir():
+        if (p / "tokenizer.json").is_file():
+            return HFTokenizer(p / "tokenizer.json", p / "tokenizer_config.json")
+        if (p / "tokenizer.model").is_file():
+            return SentencePieceTokenizer(str(p / "tokenizer.model"))
+        raise TokenizerError(f"tokenizer directory {p} holds neither tokenizer.json nor tokenizer.model")
+    if p.suffix == ".json":
+        return HFTokenizer(p, p.with_name("tokenizer_config.json"))
+    return SentencePieceTokenizer(str(p))
