@@ -1,0 +1,119 @@
+"""Memory planner against numbers computed by hand from the formulas (module docstring, docs/launch.md)."""
+from pathlib import Path
+
+import pytest
+
+from megatron_moe.config import config_from_dict, load_config
+from megatron_moe.memory_plan import (GIB, Layout, MemoryPlanError, count_params, layout_from_config, plan_memory,
+                                      suggest_layout)
+
+CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
+
+# LLaMA-2-7B pieces, by hand.
+EMBED = 32000 * 4096                      # 131_072_000, and the same again for the untied LM head
+ATTN = 4 * 4096 * 4096                    # q, k, v, o (no GQA in LLaMA-2-7B): 67_108_864
+NORMS = 2 * 4096                          # two RMSNorms per layer
+ROUTER_16 = 4096 * 16 + 16 * 16 + 4096 * 16   # mlp gate (Linear(d,E), Linear(E,E)) + noise projection: 131_328
+EXPERT_688 = 3 * 4096 * 688               # one expert's w1, w3, w2: 8_454_144
+DENSE_16 = 2 * EMBED + 4096 + 32 * (ATTN + NORMS + ROUTER_16)   # 2_414_096_384
+
+
+def test_param_counts_3p0b_by_hand():
+    counts = count_params(load_config(CONFIGS / "llama_moe_3.0b_2of16.yaml"))
+    assert DENSE_16 == 2_414_096_384
+    assert counts.dense == DENSE_16
+    assert counts.routed_experts == 32 * 16 * EXPERT_688 == 4_328_521_728
+    assert counts.total == 6_742_618_112
+    assert counts.activated == DENSE_16 + 32 * 2 * EXPERT_688 == 2_955_161_600
+
+
+def test_param_counts_2of8_and_dense_llama2():
+    counts = count_params(load_config(CONFIGS / "llama_moe_3.5b_2of8.yaml"))
+    router_8 = 4096 * 8 + 8 * 8 + 4096 * 8
+    dense = 2 * EMBED + 4096 + 32 * (ATTN + NORMS + router_8)
+    assert counts.activated == dense + 32 * 2 * (3 * 4096 * 1376)
+    # the dense LLaMA-2-7B is the well-known 6_738_415_616 parameters
+    dense_cfg = config_from_dict({"model": {"preset": "llama2-7b"}})
+    assert count_params(dense_cfg).total == count_params(dense_cfg).activated == 6_738_415_616
+
+
+def test_plan_3p0b_on_112_gpus_by_hand():
+    """The preset's own layout: tp=1, ep=8, ZeRO-1, micro batch 2, no recompute, bf16, 14 nodes."""
+    cfg = load_config(CONFIGS / "llama_moe_3.0b_2of16.yaml")
+    plan = plan_memory(cfg, layout_from_config(cfg, 112))
+    assert plan.layout == Layout(112, tp=1, ep=8, etp=1, sp=False, zero1=True, recompute=False, micro_batch=2)
+    dense, expert = DENSE_16, 32 * (16 // 8) * EXPERT_688          # 541_065_216 expert params per GPU
+    assert (plan.local_dense_params, plan.local_expert_params) == (dense, expert)
+    assert plan.weights == 2 * (dense + expert)
+    assert plan.grads == 4 * (dense + expert)
+    assert plan.optimizer == pytest.approx(12 * (dense / 112 + expert / 14))   # dp = 112, edp = 112 / 8
+    T = 4096 * 2
+    attn = 2 * T * 4096 + 2 * T * 4096 + 2 * T * (4096 + 2 * 4096) + 2 * T * 4096 + 4 * T * 32   # T * 49_280
+    moe = (2 * T * 4096 + 2 * T * 4096 + 16 * T * 16 + 2 * T * 2 * 4096 + 4 * 2 * T * 2 * 688
+           + 2 * T * 2 * 4096)                                                                     # T * 60_416
+    outside = 2 * T * 4096 + 2 * T * 4096 + 10 * T * 32000                                        # T * 336_384
+    assert attn + moe == T * 109_696
+    assert plan.activations == outside + 32 * (attn + moe) == 31_511_805_952  # 29.35 GiB
+    assert plan.a2a_buffers == 2 * 2 * T * 2 * 4096 * 2.0 == 512 * 2 ** 20
+    assert plan.overhead == 4 * GIB
+    expected_total = (6 * (dense + expert) + 12 * (dense / 112 + expert / 14) + 31_511_805_952 + 512 * 2 ** 20
+                      + 4 * GIB)
+    assert plan.total == pytest.approx(expected_total)
+    assert 50.5 < plan.total_gib < 51.5 and plan.fits(80)
+
+
+def test_plan_4of16_tp2_sp_recompute_by_hand():
+    cfg = load_config(CONFIGS / "llama_moe_3.5b_4of16.yaml")
+    layout = Layout(16, tp=2, ep=4, etp=1, sp=True, zero1=True, recompute=True, micro_batch=1)
+    plan = plan_memory(cfg, layout)
+    dense = 2 * EMBED // 2 + 4096 + 32 * (ATTN // 2 + NORMS + ROUTER_16)
+    expert = 32 * (16 // 4) * EXPERT_688
+    assert (plan.local_dense_params, plan.local_expert_params) == (dense, expert)
+    assert plan.optimizer == pytest.approx(12 * (dense / 8 + expert / 4))   # dp = 16 / 2, edp = 16 / 4
+    T, Tr = 4096, 4096 // 2
+    attn = 2 * T * 4096 / 2 + 2 * T * 4096 + 2 * T * (3 * 4096) / 2 + 2 * T * 4096 / 2 + 4 * T * 32 / 2
+    moe = (2 * T * 4096 / 2 + 2 * Tr * 4096 + 16 * Tr * 16 + 2 * Tr * 4 * 4096 + 4 * 2 * Tr * 4 * 688
+           + 2 * Tr * 4 * 4096)
+    outside = 2 * T * 4096 / 2 + 2 * T * 4096 + 10 * T * 32000 / 2
+    kept_inputs = 32 * 2 * T * 4096 / 2
+    assert plan.activations == pytest.approx(outside + kept_inputs + attn + moe)
+    assert plan.a2a_buffers == 2 * 2 * Tr * 4 * 4096 * 2.0
+
+
+def test_zero1_matches_megatron_rule_for_dense_model():
+    """bf16 + ZeRO-1 costs 6 + 12/dp bytes per parameter (Megatron distributed optimizer)."""
+    cfg = config_from_dict({"model": {"preset": "llama2-7b"}, "train": {"global_batch_size": 64}})
+    n = 6_738_415_616
+    with_zero = plan_memory(cfg, Layout(8, zero1=True))
+    without = plan_memory(cfg, Layout(8, zero1=False))
+    assert with_zero.weights + with_zero.grads + with_zero.optimizer == pytest.approx(n * (6 + 12 / 8))
+    assert without.weights + without.grads + without.optimizer == 18 * n
+    assert with_zero.a2a_buffers == 0
+
+
+def test_recompute_and_fp32_change_the_right_terms():
+    cfg = load_config(CONFIGS / "llama_moe_3.5b_2of8.yaml")
+    base = plan_memory(cfg, Layout(8, ep=8, zero1=True, micro_batch=1))
+    rec = plan_memory(cfg, Layout(8, ep=8, zero1=True, recompute=True, micro_batch=1))
+    assert rec.activations < base.activations / 5
+    assert rec.weights == base.weights and rec.optimizer == base.optimizer
+    cfg32 = load_config(CONFIGS / "llama_moe_3.5b_2of8.yaml", ["train.precision=fp32"])
+    p32 = plan_memory(cfg32, Layout(8, ep=8, zero1=False, micro_batch=1))
+    n = p32.local_dense_params + p32.local_expert_params
+    assert (p32.weights, p32.grads, p32.optimizer) == (4 * n, 4 * n, 8 * n)
+
+
+def test_suggestion_fits_when_the_configured_layout_does_not():
+    cfg = load_config(CONFIGS / "llama_moe_3.5b_4of16.yaml")
+    configured = plan_memory(cfg, layout_from_config(cfg, 8))
+    assert not configured.fits(40)
+    best = suggest_layout(cfg, 8, 40.0)
+    assert best is not None and best.total <= 0.9 * 40 * GIB
+    assert best.layout.recompute or best.layout.tp > 1
+    assert suggest_layout(cfg, 8, 8.0) is None  # 8 GiB: nothing fits
+
+
+def test_invalid_layout_is_one_clear_error():
+    cfg = load_config(CONFIGS / "llama_moe_3.0b_2of16.yaml")
+    with pytest.raises(MemoryPlanError, match="not divisible by ep"):
+        plan_memory(cfg, Layout(12, ep=8, micro_batch=2))

@@ -1,0 +1,58 @@
+"""Estimate per-GPU memory of a training config and suggest a layout that fits.
+
+    python tools/plan_memory.py --config examples/configs/llama_moe_3.5b_4of16.yaml --gpus 16 --gpu-mem 80
+    python tools/plan_memory.py --config CONFIG.yaml --gpus 8 --gpu-mem 40 parallel.ep=8 train.recompute=true
+
+Exit status: 0 when the configured layout fits, 1 when it does not (then a layout that fits with 10% margin is
+suggested, with its overrides, if one exists), 2 on bad input. Formulas: megatron_moe/memory_plan.py and docs/launch.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from megatron_moe.cli import run
+from megatron_moe.config import load_config
+from megatron_moe.memory_plan import (MemoryPlanError, format_plan, layout_from_config, plan_fields, plan_memory,
+                                      suggest_layout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="training YAML config")
+    parser.add_argument("--gpus", type=int, required=True, help="world size (total GPUs)")
+    parser.add_argument("--gpu-mem", type=float, default=80.0, help="memory per GPU in GiB (default 80)")
+    parser.add_argument("--gpus-per-node", type=int, default=8, help="bounds tp and ep*etp in the search")
+    parser.add_argument("--overhead-gib", type=float, default=4.0, help="CUDA context, NCCL, fragmentation")
+    parser.add_argument("--a2a-imbalance", type=float, default=2.0, help="all-to-all receive headroom factor")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
+    args = parser.parse_args(argv)
+    if args.gpus < 1 or args.gpu_mem <= 0:
+        raise MemoryPlanError(f"--gpus={args.gpus} and --gpu-mem={args.gpu_mem} must be positive")
+    cfg = load_config(args.config, args.overrides)
+    opts = dict(overhead_gib=args.overhead_gib, a2a_imbalance=args.a2a_imbalance)
+    plan = plan_memory(cfg, layout_from_config(cfg, args.gpus), **opts)
+    fits = plan.fits(args.gpu_mem)
+    best = suggest_layout(cfg, args.gpus, args.gpu_mem, gpus_per_node=args.gpus_per_node, **opts)
+    if args.json:
+        print(json.dumps({"configured": plan_fields(plan), "fits": fits,
+                          "suggested": plan_fields(best) if best else None}, indent=2))
+        return 0 if fits else 1
+    print(format_plan(cfg, plan, args.gpu_mem))
+    if fits:
+        return 0
+    if best is None:
+        print(f"no layout within {args.gpus_per_node} GPUs per node fits in {args.gpu_mem:g} GiB")
+    else:
+        print("\nsuggested:")
+        print(format_plan(cfg, best, args.gpu_mem))
+        lay = best.layout
+        print(f"overrides: parallel.tp={lay.tp} parallel.ep={lay.ep} parallel.sp={str(lay.sp).lower()} "
+              f"train.zero1={str(lay.zero1).lower()} train.recompute={str(lay.recompute).lower()} "
+              f"train.micro_batch_size={lay.micro_batch}" + (f" parallel.etp={lay.etp}" if lay.etp > 1 else ""))
+    return 1
+
+
+if __name__ == "__main__":
+    run(main)
