@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from torch.distributed.checkpoint.api import CheckpointException
+
 from ..errors import CheckpointError
 from ..model.sharding import global_shape, splits_of
 from ..parallel import ParallelState
@@ -97,8 +99,11 @@ def save_model(model: nn.Module, ckpt_dir: str | Path, dtype: Optional[torch.dty
 
 
 @torch.no_grad()
-def load_model(model: nn.Module, path: str | Path, strict: bool = True) -> None:
-    """Fill every local parameter/buffer of `model` with its slice of the checkpoint (any saved layout)."""
+def load_model(model: nn.Module, path: str | Path, strict: bool = True, collective: Optional[bool] = None) -> None:
+    """Fill every local parameter/buffer of `model` with its slice of the checkpoint (any saved layout).
+    `collective` (default: torch.distributed is up with >1 rank) must be False when one rank alone loads a
+    single-process model inside a distributed job."""
+    collective = _distributed() if collective is None else collective
     ckpt = resolve(path)
     index = read_index(ckpt)
     stored = {n: p for p, ns in index["parts"].items() for n in ns}
@@ -116,8 +121,11 @@ def load_model(model: nn.Module, path: str | Path, strict: bool = True) -> None:
             if md[n][0] != tuple(want):
                 raise CheckpointError(f"{pdir}: {n} has shape {md[n][0]} but the model expects {tuple(want)}")
             buf = torch.empty_like(tensors[n], dtype=md[n][1])
-            targets[n] = as_global(buf, splits_of(tensors[n]))
-        dcp_load(targets, pdir, no_dist=not _distributed())
+            targets[n] = as_global(buf, splits_of(tensors[n])) if collective else buf
+        try:
+            dcp_load(targets, pdir, no_dist=not collective)
+        except CheckpointException as err:
+            raise CheckpointError(f"{pdir}: unreadable checkpoint part ({str(err).splitlines()[0][:200]})") from None
         for n in names:
             t = targets[n]
             local = t.to_local() if hasattr(t, "to_local") else t

@@ -16,6 +16,7 @@ from typing import Iterable, Iterator, Optional
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 from ..errors import CheckpointError
 from .format import CONFIG, INDEX, MODEL_DIR, read_index, resolve
@@ -121,7 +122,7 @@ def iter_tensors(path: str | Path, names: Optional[Iterable[str]] = None,
             md = part_metadata(pdir)
             targets = {n: torch.empty(md[n][0], dtype=md[n][1]) for n in sel}
             dcp_load(targets, pdir, no_dist=True)
-        except (OSError, KeyError, RuntimeError, ValueError) as err:
+        except (OSError, KeyError, RuntimeError, ValueError, CheckpointException) as err:
             raise CheckpointError(f"{pdir}: unreadable checkpoint part ({str(err).splitlines()[0][:200]})") from None
         for n in sel:
             yield n, targets[n] if dtype is None else targets[n].to(dtype)
