@@ -1,0 +1,125 @@
+"""The MoE layer: route -> dispatch -> compute -> combine (+ shared experts), same function in every layout.
+
+Legend: B batch, S sequence (local chunk under SP), T tokens, D hidden, E experts, K top-k, R rows at experts.
+
+    layer = MoELayer(model_cfg, moe_cfg, ps, layer_idx)
+    y_BSD = layer(x_BSD)                 # aux/z losses enter the gradient by themselves (see aux.py)
+    layer.last_stats                     # {aux_loss, z_loss, tokens_per_expert [E], load_cv, dropped_frac}
+    layer.update_expert_bias()           # sigmoid router: once per optimizer step
+    layer.force_all_experts = True       # every token to every expert with weight 1 (converter --verify)
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...config import ModelConfig, MoEConfig
+from ...parallel import ParallelState
+from .aux import attach_aux_loss, global_sums, load_cv
+from .dispatcher import Dispatcher, Plan, apply_capacity
+from .experts import Experts
+from .noise import batch_noise, noise_key
+from .router import Router, Routing
+from .shared import SharedExperts
+
+
+class MoELayer(nn.Module):
+    """Parameters (canonical names): router.gate.weight | router.gate.{0,2}.weight, router.noise.weight,
+    buffer router.expert_bias, experts.w1/w3/w2, shared.w1/w3/w2.weight."""
+
+    def __init__(self, model_cfg: ModelConfig, moe_cfg: MoEConfig, ps: ParallelState, layer_idx: int = 0):
+        super().__init__()
+        D, E = model_cfg.hidden_size, moe_cfg.num_experts
+        self.cfg, self.ps, self.layer_idx, self.hidden = moe_cfg, ps, layer_idx, D
+        self.router = Router(D, moe_cfg, sequence_parallel=ps.sp and ps.tp_size > 1)
+        self.experts = Experts(D, moe_cfg.ffn_size(model_cfg), E, ps)
+        self.shared = None
+        if moe_cfg.num_shared_experts > 0:
+            fs = moe_cfg.shared_expert_ffn_size or moe_cfg.ffn_size(model_cfg)
+            self.shared = SharedExperts(D, moe_cfg.num_shared_experts * fs, moe_cfg.shared_expert_scale, ps)
+        self.dispatcher = Dispatcher(E, ps)
+        # ranks whose routed tokens differ: DP, and TP under SP (without SP the router sees all TP tokens)
+        self.stats_groups = [ps.dp_group] + ([ps.tp_group] if ps.sp else [])
+        self.force_all_experts = False
+        self.loss_scale = 1.0
+        self.last_stats: dict = {}
+
+    # ------------------------------------------------------------------------------------ trainer API
+    def set_loss_scale(self, scale: float) -> None:
+        """Factor of the aux/z gradient; the trainer passes 1 / micro-batches (see aux.py)."""
+        self.loss_scale = float(scale)
+
+    def update_expert_bias(self) -> None:
+        self.router.update_expert_bias()
+
+    def use_kernels(self, x: torch.Tensor) -> bool:
+        mode = self.cfg.use_kernels
+        return mode == "on" or (mode == "auto" and x.is_cuda)
+
+    # ---------------------------------------------------------------------------------------- forward
+    def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
+        B, S, D = x_BSD.shape
+        x_TD = x_BSD.reshape(B * S, D)
+        kernels = self.use_kernels(x_BSD)
+        routing, aux = self.route(x_TD, B, S, kernels)
+        x_TD, w_TK, idx_TK = self.dispatcher.shard(x_TD, routing.weights_TK, routing.indices_TK)
+        if not self.force_all_experts:
+            idx_TK = apply_capacity(w_TK, idx_TK, self.cfg.num_experts, self.cfg.capacity_factor)
+        if kernels and self.ps.ep_size == 1 and self.ps.etp_size == 1:
+            y_TD = self.experts.fused_tokens(x_TD, w_TK, idx_TK)  # dispatch+compute+combine fused
+        else:
+            x_RD, plan = self.dispatch(x_TD, idx_TK)
+            out_RD = self.compute(x_RD, plan, kernels)
+            y_TD = self.combine(out_RD, w_TK, plan)
+        self.last_stats["dropped_frac"] = (idx_TK < 0).float().mean().detach()
+        y_BSD = self.dispatcher.unshard(y_TD).view(B, S, D).to(x_BSD.dtype)
+        if self.shared is not None:
+            y_BSD = y_BSD + self.shared(x_BSD)
+        if self.training and torch.is_grad_enabled():
+            y_BSD = attach_aux_loss(y_BSD, aux, self.loss_scale * self.ps.dp_size)
+        return y_BSD
+
+    # ---------------------------------------------------------------------------------- 1. route
+    def route(self, x_TD: torch.Tensor, B: int, S: int, kernels: bool) -> tuple[Routing, torch.Tensor]:
+        """Router choices, plus the weighted aux + z loss of the global micro-batch; fills last_stats."""
+        noise_TN = self._noise(x_TD, B, S)
+        routing = self.router(x_TD, noise_TN, use_kernels=kernels, force_all=self.force_all_experts)
+        g = global_sums(routing.sums, self.stats_groups)
+        aux, z = self.router.losses(g)
+        tokens_E = g["counts"].round().long()
+        if self.training:
+            self.router.record_load(tokens_E)
+        self.last_stats = {"aux_loss": aux.detach(), "z_loss": z.detach(), "tokens_per_expert": tokens_E,
+                           "load_cv": load_cv(tokens_E)}
+        return routing, self.cfg.aux_loss_coeff * aux + self.cfg.z_loss_coeff * z
+
+    def _noise(self, x_TD: torch.Tensor, B: int, S: int):
+        spec = self.router.noise_spec(self.hidden)
+        if not self.training or spec is None or self.force_all_experts:
+            return None
+        N, kind = spec
+        ps = self.ps
+        S_full = S * ps.tp_size if ps.sp else S
+        noise_BSN = batch_noise(noise_key(), self.layer_idx, ps.dp_rank, B, S_full, N, kind, x_TD.device)
+        if ps.sp:
+            noise_BSN = noise_BSN[:, ps.tp_rank * S:(ps.tp_rank + 1) * S]
+        return noise_BSN.reshape(B * S, N)
+
+    # ------------------------------------------------------------------------- 2-4. token movement
+    def dispatch(self, x_TD: torch.Tensor, idx_TK: torch.Tensor) -> tuple[torch.Tensor, Plan]:
+        return self.dispatcher.dispatch(x_TD, idx_TK)
+
+    def compute(self, x_RD: torch.Tensor, plan: Plan, kernels: bool) -> torch.Tensor:
+        if kernels:
+            return self.experts.kernel_rows(x_RD, plan.counts_e)
+        return self.experts.sorted_rows(x_RD, plan.counts_e)
+
+    def combine(self, out_RD: torch.Tensor, w_TK: torch.Tensor, plan: Plan) -> torch.Tensor:
+        return self.dispatcher.combine(out_RD, w_TK, plan)
+
+
+def update_expert_biases(model: nn.Module) -> None:
+    """Once per optimizer step: the aux-loss-free bias update of every sigmoid-router MoE layer in `model`."""
+    for module in model.modules():
+        if isinstance(module, MoELayer):
+            module.update_expert_bias()

@@ -1,0 +1,227 @@
+"""Single-process MoE checks: hand-computed aux/z losses, the lossless FFN partition, expert-bias balancing,
+capacity dropping, the kernel switch."""
+import math
+
+import pytest
+import torch
+
+from megatron_moe.config import ModelConfig, MoEConfig
+from megatron_moe.model.moe import MoELayer, apply_capacity
+from megatron_moe.parallel import ParallelState
+
+
+def layer_for(D=4, F=8, **kw):
+    model = ModelConfig(hidden_size=D, intermediate_size=F, num_layers=1, num_heads=1, vocab_size=8)
+    return MoELayer(model, MoEConfig(**kw), ParallelState(), layer_idx=0)
+
+
+def identity_gate(layer):
+    with torch.no_grad():
+        layer.router.gate.weight.copy_(torch.eye(layer.router.E))
+        for p in layer.experts.parameters():
+            p.normal_(0, 0.1)
+
+
+X = torch.tensor([[2.0, 1.0, 0.0, -1.0], [0.5, 1.5, -0.5, 0.0], [0.0, 0.0, 3.0, 1.0], [1.0, -2.0, 0.2, 0.4],
+                  [0.3, 0.2, 0.1, 2.5]])
+
+
+def cv2(v):
+    m = sum(v) / len(v)
+    var = sum((a - m) ** 2 for a in v) / (len(v) - 1)
+    return var / (m * m + 1e-10)
+
+
+def topk_py(row, k):
+    return sorted(range(len(row)), key=lambda i: -row[i])[:k]
+
+
+def test_noisy_topk_balance_loss_without_noise_by_hand():
+    layer = layer_for(num_experts=4, top_k=2, router="noisy_topk", noisy_gate=False)
+    identity_gate(layer)
+    layer.train()
+    layer(X[None])
+    imp, load = [0.0] * 4, [0.0] * 4
+    for row in X.tolist():
+        sel = topk_py(row, 2)
+        ex = [math.exp(row[i]) for i in sel]
+        for i, e in zip(sel, ex):
+            imp[i] += e / sum(ex)
+            load[i] += 1
+    assert abs(layer.last_stats["aux_loss"].item() - (cv2(imp) + cv2(load))) < 1e-5
+    assert layer.last_stats["tokens_per_expert"].tolist() == load
+
+
+def test_noisy_topk_smooth_load_with_given_noise_by_hand():
+    layer = layer_for(num_experts=4, top_k=2, router="noisy_topk")
+    identity_gate(layer)
+    with torch.no_grad():
+        layer.router.noise.weight.copy_(0.3 * torch.eye(4))
+    eps = torch.tensor([[0.5, -1.0, 0.2, 0.1], [1.0, 0.3, -0.2, 0.0], [-0.5, 0.9, 0.1, 0.4],
+                        [0.2, 0.2, -1.5, 0.7], [0.0, 0.1, 0.3, -0.6]])
+    routing = layer.router(X, eps)
+    imp, load = [0.0] * 4, [0.0] * 4
+    for x, e in zip(X.tolist(), eps.tolist()):
+        std = [math.log1p(math.exp(0.3 * v)) + 1e-2 for v in x]
+        noisy = [c + n * s for c, n, s in zip(x, e, std)]
+        order = topk_py(noisy, 3)
+        thr_in, thr_out = noisy[order[2]], noisy[order[1]]
+        ex = [math.exp(noisy[i]) for i in order[:2]]
+        for i, v in zip(order[:2], ex):
+            imp[i] += v / sum(ex)
+        for i in range(4):
+            thr = thr_in if noisy[i] > thr_in else thr_out
+            load[i] += 0.5 * (1 + math.erf((x[i] - thr) / std[i] / math.sqrt(2)))
+    assert torch.allclose(routing.sums["a"], torch.tensor(imp), atol=1e-5)
+    assert torch.allclose(routing.sums["b"], torch.tensor(load), atol=1e-5)
+    aux, _ = layer.router.losses(routing.sums)
+    assert abs(aux.item() - (cv2(imp) + cv2(load))) < 1e-5
+    # weights: softmax over the selected noisy logits, times s = E / k = 2
+    assert torch.allclose(routing.weights_TK.sum(-1), torch.full((5,), 2.0), atol=1e-6)
+
+
+@pytest.mark.parametrize("router,k", [("softmax_topk", 2), ("switch", 1), ("sigmoid", 2)])
+def test_switch_style_balance_and_z_loss_by_hand(router, k):
+    layer = layer_for(num_experts=4, top_k=k, router=router, z_loss_coeff=1e-3)
+    identity_gate(layer)
+    layer.train()
+    layer(X[None])
+    T, E = len(X), 4
+    P, f, z = [0.0] * E, [0.0] * E, 0.0
+    for row in X.tolist():
+        if router == "sigmoid":
+            s = [1 / (1 + math.exp(-v)) for v in row]
+            p = [v / sum(s) for v in s]
+            sel = topk_py(s, k)
+        else:
+            ex = [math.exp(v) for v in row]
+            p = [v / sum(ex) for v in ex]
+            sel = topk_py(row, k)
+        for i in range(E):
+            P[i] += p[i] / T
+        for i in sel:
+            f[i] += 1 / (T * k)
+        z += math.log(sum(math.exp(v) for v in row)) ** 2 / T
+    want = E * sum(a * b for a, b in zip(f, P))
+    assert abs(layer.last_stats["aux_loss"].item() - want) < 1e-5
+    assert abs(layer.last_stats["z_loss"].item() - z) < 1e-4
+
+
+def test_aux_loss_reaches_the_gradient():
+    """d/dW of (sum(y) + coeff * aux) equals what the layer gives for sum(y) alone."""
+    torch.manual_seed(0)
+    layer = layer_for(num_experts=4, top_k=2, router="softmax_topk", aux_loss_coeff=0.5, z_loss_coeff=0.1)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0, 0.5)
+    layer.train()
+    x = torch.randn(1, 6, 4)
+    layer(x).sum().backward()
+    got = layer.router.gate.weight.grad.clone()
+    layer.zero_grad()
+    layer.set_loss_scale(0.0)  # no injection: add the losses by hand instead
+    y = layer(x)
+    r = layer.router(x[0])
+    from megatron_moe.model.moe.aux import global_sums
+    aux, z = layer.router.losses(global_sums(r.sums, []))
+    (y.sum() + 0.5 * aux + 0.1 * z).backward()
+    assert (got - layer.router.gate.weight.grad).abs().max().item() < 1e-5
+    assert (got - layer.router.gate.weight.grad).abs().max().item() < (got.abs().max().item())  # sanity
+
+
+def test_force_all_experts_on_an_ffn_partition_is_lossless():
+    torch.manual_seed(1)
+    D, Fd, E, fe, fs = 8, 24, 4, 4, 8  # 4 routed experts of 4 neurons + one shared expert of 8 = 24 neurons
+    w1, w3, w2 = torch.randn(Fd, D), torch.randn(Fd, D), torch.randn(D, Fd)
+    dense = lambda x: (torch.nn.functional.silu(x @ w1.t()) * (x @ w3.t())) @ w2.t()  # noqa: E731
+    perm = torch.randperm(Fd)
+    layer = layer_for(D=D, F=Fd, num_experts=E, top_k=2, router="noisy_topk", expert_ffn_size=fe,
+                      num_shared_experts=1, shared_expert_ffn_size=fs)
+    with torch.no_grad():
+        for j in range(E):
+            s = perm[j * fe:(j + 1) * fe]
+            layer.experts.w1[j] = w1[s]
+            layer.experts.w3[j] = w3[s]
+            layer.experts.w2[j] = w2[:, s]
+        s = perm[E * fe:]
+        layer.shared.w1.weight.copy_(w1[s])
+        layer.shared.w3.weight.copy_(w3[s])
+        layer.shared.w2.weight.copy_(w2[:, s])
+    layer.force_all_experts = True
+    layer.train()
+    x = torch.randn(2, 5, D)
+    assert torch.allclose(layer(x), dense(x), atol=1e-4, rtol=1e-5)
+    layer.force_all_experts = False
+    assert not torch.allclose(layer(x), dense(x), atol=1e-2)
+
+
+def test_expert_bias_updates_move_load_towards_balance():
+    torch.manual_seed(2)
+    layer = layer_for(D=8, F=16, num_experts=4, top_k=1, router="sigmoid", bias_update_rate=0.05,
+                      aux_loss_coeff=0.0)
+    with torch.no_grad():
+        layer.router.gate.weight.normal_(0, 0.1)
+        layer.router.gate.weight[0] += 0.5  # expert 0 is everybody's favourite
+    layer.train()
+    x = torch.randn(1, 64, 8).abs()
+    cvs = []
+    for step in range(30):
+        with torch.no_grad():
+            layer(x)
+        load = layer.last_stats["tokens_per_expert"].double()
+        before = layer.router.expert_bias.clone()
+        cvs.append(layer.last_stats["load_cv"].item())
+        layer.update_expert_bias()
+        want = before + 0.05 * torch.sign(load.mean() - load).float()
+        assert torch.allclose(layer.router.expert_bias, want)
+    # the sign update oscillates around balance once reached: compare the average of the last steps
+    assert cvs[0] > 1.0 and sum(cvs[-10:]) / 10 < 0.5 * cvs[0], cvs
+
+
+def test_capacity_keeps_highest_weights_per_expert():
+    w = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3]])
+    idx = torch.tensor([[0, 1], [0, 1], [0, 2]])
+    assert apply_capacity(w, idx, 3, None) is idx
+    assert apply_capacity(w, idx, 3, 0.5).tolist() == [[0, -1], [-1, 1], [-1, 2]]  # capacity ceil(0.5*6/3) = 1
+    assert apply_capacity(w, idx, 3, 1.0).tolist() == [[0, 1], [0, 1], [-1, 2]]  # capacity 2
+
+
+def test_capacity_dropped_assignments_contribute_nothing():
+    torch.manual_seed(3)
+    layer = layer_for(D=8, F=16, num_experts=4, top_k=2, router="softmax_topk", capacity_factor=0.5)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0, 0.3)
+    layer.eval()
+    x = torch.randn(1, 10, 8)
+    y = layer(x)[0]
+    r = layer.router(x[0])
+    kept = apply_capacity(r.weights_TK, r.indices_TK, 4, 0.5)
+    assert (kept < 0).sum() > 0 and layer.last_stats["dropped_frac"].item() > 0
+    ex = layer.experts
+    for t in range(10):
+        want = torch.zeros(8)
+        for j in range(2):
+            e = int(kept[t, j])
+            if e >= 0:
+                h = torch.nn.functional.silu(ex.w1[e] @ x[0, t]) * (ex.w3[e] @ x[0, t])
+                want += r.weights_TK[t, j] * (ex.w2[e] @ h)
+        assert torch.allclose(y[t], want, atol=1e-5)
+
+
+@pytest.mark.parametrize("router", ["softmax_topk", "sigmoid", "noisy_topk"])
+def test_kernel_switch_matches_torch_path(router):
+    pytest.importorskip("moe_kernels")
+    out = {}
+    for mode in ("off", "on"):
+        torch.manual_seed(4)
+        layer = layer_for(D=8, F=16, num_experts=4, top_k=2, router=router, use_kernels=mode)
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.normal_(0, 0.3)
+        layer.eval()
+        x = torch.randn(2, 5, 8, requires_grad=True)
+        layer(x).square().sum().backward()
+        out[mode] = [x.grad] + [p.grad for p in layer.parameters() if p.grad is not None]
+    for a, b in zip(out["off"], out["on"]):
+        assert torch.allclose(a, b, atol=1e-5)
