@@ -339,6 +339,9 @@ class TrainConfig:
     """Log metrics every N steps."""
     max_bad_steps: int = 5
     """Abort after this many consecutive steps with a non-finite loss or gradient norm."""
+    exit_interval: Optional[int] = None
+    """Save a checkpoint and exit cleanly once the step count is a multiple of this (e.g. to fit a SLURM time
+    limit; the same command resumes). None runs to train_steps."""
 
     def validate(self) -> None:
         if self.lr_schedule not in ("cosine", "linear", "constant"):

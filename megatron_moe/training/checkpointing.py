@@ -1,0 +1,206 @@
+"""Trainer checkpoints: sharded, atomic, resumable in any parallel layout (docs/training.md).
+
+    RUN_DIR/checkpoints/
+      step_00000100/        config.json, model/ (DCP, checkpoint.save_model), optimizer/ (DCP),
+                            trainer_state.json (step, tokens, schedule, data sampler state, per-rank RNG)
+      .step_00000200.tmp/   a save in progress (or killed): ignored, removed by the next save of that step
+      latest                name of the newest complete checkpoint (written last)
+
+Save is collective: rank 0 creates `.step_N.tmp`, all ranks write their model and optimizer shards into it
+(DCP writes each global chunk once), rank 0 writes trainer_state.json and config.json, renames the directory to
+`step_N`, then replaces `latest` (write + rename) and prunes to `keep_last`. A save killed at any point leaves
+`latest` naming the previous complete checkpoint.
+
+Optimizer state is stored per parameter name (`<name>.exp_avg`, `<name>.exp_avg_sq` with the parameter's global
+shape, `<name>.step`), written as DTensors by the ranks that own the state (all replicas without ZeRO-1, the
+owning data-parallel rank with it), so a checkpoint saved at one TP/EP/DP/ZeRO layout loads into another.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..checkpoint import as_global, config_dict, load_model, resolve, save_model
+from ..checkpoint.format import CONFIG, LATEST
+from ..checkpoint.store import dcp_load, dcp_save, part_metadata
+from ..config import Config
+from ..errors import CheckpointError
+from ..model.sharding import global_shape, splits_of
+from ..parallel import ParallelState, all_gather_object
+from .optimizer import TrainOptimizer
+from .rng import get_rng_state, set_rng_state
+
+log = logging.getLogger(__name__)
+
+OPTIMIZER_DIR, TRAINER_STATE = "optimizer", "trainer_state.json"
+STEP_RE = re.compile(r"^step_(\d+)$")
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _barrier() -> None:
+    if _distributed():
+        dist.barrier()
+
+
+def _world_group():
+    return dist.group.WORLD if _distributed() else None
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete step_N checkpoints under `root`, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_RE.match(p.name)) and p.is_dir()
+             and (p / CONFIG).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
+    """The checkpoint `RUN_DIR/checkpoints/latest` names, or None when there is none yet."""
+    root = Path(run_dir) / "checkpoints"
+    if not (root / LATEST).is_file():
+        return None
+    return resolve(root)
+
+
+# --------------------------------------------------------------------------------------- optimizer
+def save_optimizer(opt: TrainOptimizer, path: Path) -> None:
+    params = opt.owned_params()
+    sd = {}
+    for name, st in opt.owned_states().items():
+        splits = splits_of(params[name])
+        sd[f"{name}.exp_avg"] = as_global(st["exp_avg"].detach().contiguous(), splits)
+        sd[f"{name}.exp_avg_sq"] = as_global(st["exp_avg_sq"].detach().contiguous(), splits)
+        sd[f"{name}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).detach().reshape(1).cpu()
+    dcp_save(sd, path, no_dist=not _distributed())
+
+
+@torch.no_grad()
+def load_optimizer(opt: TrainOptimizer, path: Path) -> int:
+    """Fill this rank's optimizer state from `path` (any saved layout); returns the number of parameters."""
+    md = part_metadata(path)
+    targets = {}
+    for name, p in opt.owned_params().items():
+        key = f"{name}.exp_avg"
+        if key not in md:
+            continue
+        if md[key][0] != tuple(global_shape(p)):
+            raise CheckpointError(f"{path}: optimizer state of {name} has shape {md[key][0]}, the model expects "
+                                  f"{tuple(global_shape(p))}")
+        for suffix in ("exp_avg", "exp_avg_sq"):
+            targets[f"{name}.{suffix}"] = as_global(torch.empty_like(p, dtype=torch.float32), splits_of(p))
+        targets[f"{name}.step"] = torch.empty(1, dtype=torch.float32)
+    dcp_load(targets, path, no_dist=not _distributed())
+
+    def fetch(name: str, p: torch.Tensor) -> Optional[dict]:
+        if f"{name}.exp_avg" not in targets:
+            return None
+        local = {s: targets[f"{name}.{s}"] for s in ("exp_avg", "exp_avg_sq")}
+        local = {s: (t.to_local() if hasattr(t, "to_local") else t).to(p.dtype).clone() for s, t in local.items()}
+        step = targets[f"{name}.step"].reshape(())
+        return {"step": step.to(p.device) if p.is_cuda else step.clone(), **local}
+
+    return opt.load_owned_states(fetch)
+
+
+# ---------------------------------------------------------------------------------------- save/load
+def save_checkpoint(run_dir: str | Path, cfg: Config, model: nn.Module, opt: Optional[TrainOptimizer],
+                    trainer_state: dict, ps: ParallelState, keep_last: int = 3) -> Path:
+    """Collective: write RUN_DIR/checkpoints/step_N atomically, point `latest` at it, prune old ones."""
+    root = Path(run_dir) / "checkpoints"
+    step = int(trainer_state["step"])
+    final = root / checkpoint_name(step)
+    tmp = root / f".{final.name}.tmp"
+    if ps.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    _barrier()
+    save_model(model, tmp)
+    if opt is not None:
+        save_optimizer(opt, tmp / OPTIMIZER_DIR)
+    rng = all_gather_object(get_rng_state(), _world_group())
+    if ps.is_main:
+        state = dict(trainer_state, rng=rng, world_size=ps.world_size,
+                     layout={"tp": ps.tp_size, "dp": ps.dp_size, "ep": ps.ep_size, "etp": ps.etp_size,
+                             "edp": ps.edp_size, "sp": ps.sp, "zero1": cfg.train.zero1})
+        _write_json(tmp / TRAINER_STATE, state)
+        _write_json(tmp / CONFIG, config_dict(cfg.model, cfg.moe, {"config": cfg.to_dict()}))  # marks complete
+        if final.exists():  # a re-save of the same step (e.g. after resuming from it)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_text_atomic(root / LATEST, final.name)
+        _prune(root, keep_last, keep=final)
+        log.info("saved checkpoint %s", final)
+    _barrier()
+    return final
+
+
+def _write_json(path: Path, obj) -> None:
+    _write_text_atomic(path, json.dumps(obj, indent=1))
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _prune(root: Path, keep_last: int, keep: Path) -> None:
+    if keep_last <= 0:
+        return
+    for old in list_checkpoints(root)[:-keep_last]:
+        if old != keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def read_trainer_state(ckpt: Path) -> dict:
+    path = ckpt / TRAINER_STATE
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt}: no {TRAINER_STATE}; not a trainer checkpoint (use checkpoint.load for "
+                              f"weights only)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: invalid JSON ({err.msg})") from None
+
+
+def load_checkpoint(ckpt: str | Path, model: nn.Module, opt: Optional[TrainOptimizer],
+                    ps: ParallelState) -> dict:
+    """Load model, optimizer (if saved) and this rank's RNG state; returns the trainer state dict.
+    A different world size restores no RNG state (the caller reseeds) and logs it."""
+    ckpt = resolve(ckpt)
+    state = read_trainer_state(ckpt)
+    load_model(model, ckpt)
+    if opt is not None and (ckpt / OPTIMIZER_DIR).is_dir():
+        n = load_optimizer(opt, ckpt / OPTIMIZER_DIR)
+        log.info("optimizer state restored for %d parameters", n)
+    elif opt is not None:
+        log.warning("%s has no optimizer state; AdamW moments start from zero", ckpt)
+    rng = state.get("rng") or []
+    same_layout = state.get("world_size") == ps.world_size and len(rng) == ps.world_size
+    if same_layout:
+        set_rng_state(rng[ps.rank])
+    state["rng_restored"] = same_layout
+    log.info("resumed from %s at step %d (saved layout %s)", ckpt, state["step"], state.get("layout"))
+    return state

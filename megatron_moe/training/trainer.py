@@ -1,0 +1,225 @@
+"""The training loop: gradient accumulation, grad sync, clipping, NaN guard, schedule, eval, checkpoints.
+
+    trainer = Trainer(cfg, ps, model, data, run_dir)     # model built + initialised/loaded, on ps.device
+    trainer.maybe_resume()                                # RUN_DIR/checkpoints/latest, if any
+    history = trainer.train()                             # runs until cfg.train.train_steps
+
+One optimizer step: this rank's share of the global batch (data.next_step()) in micro-batches of
+`micro_batch_size`; each micro-batch loss is divided by the number of micro-batches (MoE aux/z losses are told the
+same scale); gradients are synchronised (training/grads.py), the global norm is taken; a non-finite loss or norm
+skips the step (logged, counted; `max_bad_steps` consecutive ones abort with TrainingError); otherwise gradients
+are clipped, the learning rate set from the schedule, AdamW steps and sigmoid routers update their expert bias.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..config import Config
+from ..errors import UserError
+from ..parallel import ParallelState
+from . import checkpointing as ckpt
+from .evaluate import evaluate, perplexities
+from .grads import clip_grads, global_grad_norm, sync_grads, zero_missing_grads
+from .metrics import MetricsWriter, memory_stats, peak_tflops, train_flops_per_token
+from .moe_hooks import MoEStats, after_optimizer_step, set_loss_scale
+from .optimizer import TrainOptimizer
+from .schedule import lr_at
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(UserError):
+    """Training cannot continue (e.g. too many consecutive non-finite steps)."""
+
+
+def autocast_for(cfg: Config, device: torch.device):
+    """Context factory: bf16 autocast (fp32 master weights) on CUDA or when asked, else fp32."""
+    prec = cfg.train.precision
+    if prec == "bf16" or (prec == "auto" and device.type == "cuda"):
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+class Trainer:
+    def __init__(self, cfg: Config, ps: ParallelState, model: nn.Module, data, run_dir: Optional[str | Path] = None,
+                 metrics: Optional[MetricsWriter] = None):
+        self.cfg, self.ps, self.model, self.data = cfg, ps, model, data
+        self.run_dir = Path(run_dir or cfg.logging.run_dir)
+        self.device = next(model.parameters()).device
+        self.optimizer = TrainOptimizer(model, cfg.train, ps)
+        self.metrics = metrics or MetricsWriter(self.run_dir, cfg, enabled=ps.is_main)
+        self.autocast = autocast_for(cfg, self.device)
+        self.moe_stats = MoEStats(model)
+        self.step = 0
+        self.consumed_tokens = 0
+        self.skipped_steps = 0
+        self.bad_in_a_row = 0
+        self.last_valid: dict[str, float] = {}
+        self.flops_per_token = train_flops_per_token(cfg)
+        self.peak = peak_tflops(cfg, self.device)
+        self.fault_hook = None  # tests: fn(step, model) called before the backward pass
+
+    # ---------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        return {"step": self.step, "consumed_tokens": self.consumed_tokens, "skipped_steps": self.skipped_steps,
+                "schedule": {"lr": lr_at(self.step, self.cfg.train), "kind": self.cfg.train.lr_schedule,
+                             "warmup_steps": self.cfg.train.warmup_steps, "train_steps": self.cfg.train.train_steps,
+                             "min_lr_ratio": self.cfg.train.min_lr_ratio},
+                "data": self.data.state_dict(), "domain_weights": dict(self.data.weights),
+                "last_valid_loss": self.last_valid}
+
+    def save(self) -> Path:
+        opt = self.optimizer if self.cfg.checkpoint.save_optimizer else None
+        return ckpt.save_checkpoint(self.run_dir, self.cfg, self.model, opt, self.state_dict(), self.ps,
+                                    self.cfg.checkpoint.keep_last)
+
+    def resume(self, path: str | Path) -> None:
+        state = ckpt.load_checkpoint(path, self.model, self.optimizer, self.ps)
+        self.step, self.consumed_tokens = int(state["step"]), int(state["consumed_tokens"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.last_valid = dict(state.get("last_valid_loss") or {})
+        self.data.load_state_dict(state["data"])
+        if not state.get("rng_restored"):
+            from ..parallel import seed_all
+
+            seed_all(self.cfg.train.seed, offset=1 + self.step * 7919)  # identical on every rank
+            log.info("RNG states not restored (saved with world size %s, now %d); reseeded",
+                     state.get("world_size"), self.ps.world_size)
+
+    def maybe_resume(self) -> bool:
+        """Resume from RUN_DIR/checkpoints/latest when it exists; returns whether it did."""
+        latest = ckpt.latest_checkpoint(self.run_dir)
+        if latest is None:
+            return False
+        self.resume(latest)
+        return True
+
+    # ------------------------------------------------------------------------------------------ step
+    def train_step(self) -> dict:
+        """One optimizer step; returns its metrics record."""
+        cfg, ps, model = self.cfg, self.ps, self.model
+        t0 = time.perf_counter()
+        model.train()
+        batch = self.data.next_step()
+        n_local = batch.tokens.shape[0]
+        micro = cfg.train.micro_batch_size
+        n_micro = n_local // micro
+        set_loss_scale(model, 1.0 / n_micro)
+        self.moe_stats.reset()
+        n_dom = len(self.data.domain_names)
+        dom_sums = torch.zeros(2, n_dom, dtype=torch.float64)
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for tokens_BS1, dom_B in batch.micro_batches(micro):
+            tokens_BS1 = tokens_BS1.to(self.device)
+            with self.autocast():
+                loss, per_seq_B = model.loss(tokens_BS1[:, :-1], tokens_BS1[:, 1:])
+            if self.fault_hook is not None:
+                loss = self.fault_hook(self.step, loss)
+            (loss / n_micro).backward()
+            self.moe_stats.collect()
+            loss_sum += loss.detach().double().cpu()
+            per = per_seq_B.detach().double().cpu()
+            dom_sums[0].index_add_(0, dom_B, per)
+            dom_sums[1].index_add_(0, dom_B, torch.ones_like(per))
+        zero_missing_grads(model.parameters())
+        sync_grads(model, ps)
+        grad_norm = global_grad_norm(model, ps)
+        stats = torch.cat([loss_sum.reshape(1) / n_micro, dom_sums.flatten()])
+        if ps.dp_size > 1:
+            stats = stats.to(self.device)
+            dist.all_reduce(stats, group=ps.dp_group)
+            stats = stats.cpu()
+        loss_value = float(stats[0]) / ps.dp_size
+        dom_sums = stats[1:].view(2, n_dom)
+        lr = lr_at(self.step, cfg.train)
+        finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
+        if finite:
+            clip_grads(model, cfg.train.clip_grad, grad_norm)
+            self.optimizer.set_lr(lr)
+            self.optimizer.step()
+            after_optimizer_step(model)
+            self.bad_in_a_row = 0
+        else:
+            self.skipped_steps += 1
+            self.bad_in_a_row += 1
+            log.warning("step %d: non-finite loss %s or grad norm %s; step skipped (%d in a row, limit %d)",
+                        self.step + 1, loss_value, grad_norm, self.bad_in_a_row, cfg.train.max_bad_steps)
+        self.optimizer.zero_grad()
+        self.step += 1
+        tokens = cfg.train.global_batch_size * cfg.data.seq_len
+        self.consumed_tokens += tokens
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        dt = time.perf_counter() - t0
+        rec = {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+               "tokens_per_sec": tokens / dt, "step_time_s": dt, "consumed_tokens": self.consumed_tokens,
+               "skipped": not finite, "skipped_steps": self.skipped_steps,
+               "domain_loss": {n: float(dom_sums[0, i] / dom_sums[1, i])
+                               for i, n in enumerate(self.data.domain_names) if dom_sums[1, i] > 0},
+               "domain_weights": dict(self.data.weights)}
+        moe = self.moe_stats.summary(ps)
+        rec.update(moe if moe else {"aux_loss": 0.0})
+        if self.peak:
+            rec["mfu"] = rec["tokens_per_sec"] * self.flops_per_token / (ps.world_size * self.peak * 1e12)
+        rec.update(memory_stats(self.device))
+        if self.bad_in_a_row >= cfg.train.max_bad_steps:
+            self.metrics.log(rec)
+            raise TrainingError(f"{self.bad_in_a_row} consecutive steps with a non-finite loss or gradient norm "
+                                f"(train.max_bad_steps={cfg.train.max_bad_steps}); last loss {loss_value}, "
+                                f"grad norm {grad_norm} at step {self.step}")
+        return rec
+
+    # ------------------------------------------------------------------------------------- evaluation
+    def evaluate(self) -> dict:
+        """Per-domain validation loss/perplexity; updates dynamic domain weights; logs an eval record."""
+        cfg = self.cfg
+        batch = cfg.train.micro_batch_size * self.ps.dp_size
+        losses = evaluate(self.model, self.data, self.ps, batch, cfg.train.eval_iters, self.autocast)
+        self.last_valid = losses
+        weights = self.data.update_weights(losses)
+        rec = {"step": self.step, "valid_loss": losses, "valid_ppl": perplexities(losses),
+               "domain_weights": dict(weights)}
+        self.metrics.log(rec)
+        return rec
+
+    # ------------------------------------------------------------------------------------------- loop
+    def train(self, until: Optional[int] = None) -> list[dict]:
+        """Run steps until `until` (default train.train_steps); evaluate/save on their intervals and at the end.
+        Returns the step records of this call."""
+        cfg = self.cfg
+        until = cfg.train.train_steps if until is None else until
+        history = []
+        while self.step < until:
+            rec = self.train_step()
+            history.append(rec)
+            if self.step % max(1, cfg.train.log_interval) == 0 or rec["skipped"]:
+                self.metrics.log(rec)
+            if cfg.train.eval_interval and self.step % cfg.train.eval_interval == 0:
+                self.evaluate()
+            saved = bool(cfg.checkpoint.save_interval) and self.step % cfg.checkpoint.save_interval == 0
+            if saved:
+                self.save()
+            if cfg.train.exit_interval and self.step % cfg.train.exit_interval == 0 and self.step < until:
+                if not saved:
+                    self.save()
+                log.info("exit_interval=%d reached at step %d: checkpoint saved, exiting (rerun to resume)",
+                         cfg.train.exit_interval, self.step)
+                return history
+        if history and self.step == cfg.train.train_steps:
+            if cfg.train.eval_interval and self.step % cfg.train.eval_interval:
+                self.evaluate()
+            if not cfg.checkpoint.save_interval or self.step % cfg.checkpoint.save_interval:
+                self.save()
+        return history
+
+    def close(self) -> None:
+        self.metrics.close()

@@ -1,0 +1,66 @@
+"""Training throughput benchmark.
+
+    python tools/benchmark_training.py cpu [--layers 4 --hidden 256 --experts 8 --top-k 2 --ffn 256 --seq 128
+                                            --batch 8 --steps 10]
+        tokens/s of fwd+bwd+AdamW for our MoE model vs transformers MixtralForCausalLM (same config and data)
+    python tools/benchmark_training.py gpu [--layers 4 --seq 4096 --micro-batch 1 --steps 5]
+        one training step of LLaMA-MoE-3.5B-shaped layers on the current GPU, with MFU on activated parameters
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> int:
+    from megatron_moe.cli import run
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="mode", required=True)
+    c = sub.add_parser("cpu")
+    for name, default in (("layers", 4), ("hidden", 256), ("experts", 8), ("top-k", 2), ("ffn", 256), ("seq", 128),
+                          ("batch", 8), ("steps", 10), ("threads", 0)):
+        c.add_argument(f"--{name}", type=int, default=default)
+    gp = sub.add_parser("gpu")
+    for name, default in (("layers", 4), ("seq", 4096), ("micro-batch", 1), ("steps", 5)):
+        gp.add_argument(f"--{name}", type=int, default=default)
+    args = p.parse_args()
+
+    def go() -> int:
+        import torch
+
+        from megatron_moe.training import bench
+
+        stamp = {"date": datetime.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+                 "torch": torch.__version__}
+        if args.mode == "cpu":
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            cfg = bench.demo_config(args.layers, args.hidden, args.experts, args.top_k, args.ffn, seq_len=args.seq)
+            r = bench.cpu_vs_mixtral(cfg, batch=args.batch, steps=args.steps)
+            out = {**stamp, "threads": torch.get_num_threads(), "config": vars(args),
+                   "ours_tokens_per_sec": round(r["ours"].tokens_per_sec, 1),
+                   "mixtral_tokens_per_sec": round(r["mixtral"].tokens_per_sec, 1),
+                   "ours_step_ms": round(r["ours"].step_ms, 1), "mixtral_step_ms": round(r["mixtral"].step_ms, 1),
+                   "speedup": round(r["ratio"], 3)}
+        else:
+            if not torch.cuda.is_available():
+                print("error: gpu mode needs a CUDA device", file=sys.stderr)
+                return 2
+            cfg = bench.llama_moe_35b_config(args.layers, args.seq)
+            out = {**stamp, "config": vars(args), **bench.gpu_step(cfg, args.micro_batch, args.steps)}
+        print(json.dumps(out, indent=1))
+        return 0
+
+    run(go)
+    return 0
+
+
+if __name__ == "__main__":
+    main()
