@@ -1,0 +1,1 @@
+"""Analysis of trained/converted models: expert load per layer and domain, plots, checkpoint inspection."""

@@ -1,0 +1,114 @@
+"""PNG figures (matplotlib, Agg backend): expert-load heatmaps (the LLaMA-MoE gate-load figure) and loss curves.
+
+    plot_expert_load({"wiki": counts_LE, "code": counts_LE}, layer_ids, "out/")   # -> list of PNG paths
+    plot_loss_curve("runs/x/metrics.jsonl", "out/loss_curve.png")
+Load is shown as the fraction of routed tokens per expert (rows sum to 1); uniform load is 1/E.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..errors import UserError
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def load_fractions(counts_LE: torch.Tensor) -> torch.Tensor:
+    return counts_LE / counts_LE.sum(-1, keepdim=True).clamp(min=1)
+
+
+def plot_expert_load(loads: dict[str, torch.Tensor], layer_ids: Sequence[int], out_dir: str | Path) -> list[Path]:
+    """One heatmap per domain (layers x experts) and one per layer (domains x experts)."""
+    plt = _plt()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fracs = {d: load_fractions(c).numpy() for d, c in loads.items()}
+    E = next(iter(fracs.values())).shape[1]
+    vmax = max(float(f.max()) for f in fracs.values())
+    paths = []
+    for dom, f_LE in fracs.items():
+        fig, ax = plt.subplots(figsize=(max(4, 0.4 * E + 2), max(2.5, 0.35 * len(layer_ids) + 1.5)))
+        im = ax.imshow(f_LE, aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
+        ax.set(xlabel="expert", ylabel="layer", title=f"expert load: {dom} (uniform = {1 / E:.3f})")
+        ax.set_yticks(range(len(layer_ids)), [str(i) for i in layer_ids])
+        fig.colorbar(im, ax=ax, label="fraction of routed tokens")
+        paths.append(_save(fig, out / f"expert_load_{_safe(dom)}.png"))
+        plt.close(fig)
+    names = list(fracs)
+    for row, layer in enumerate(layer_ids):
+        fig, ax = plt.subplots(figsize=(max(4, 0.4 * E + 2), max(2.5, 0.4 * len(names) + 1.5)))
+        im = ax.imshow([fracs[d][row] for d in names], aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
+        ax.set(xlabel="expert", title=f"layer {layer}: expert load per domain")
+        ax.set_yticks(range(len(names)), names)
+        fig.colorbar(im, ax=ax, label="fraction of routed tokens")
+        paths.append(_save(fig, out / f"expert_load_layer_{layer:03d}.png"))
+        plt.close(fig)
+    return paths
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def read_metrics(path: str | Path) -> tuple[list[tuple[int, float]], dict[str, list[tuple[int, float]]]]:
+    """(train [(step, loss)], valid {domain: [(step, loss)]}) from metrics.jsonl; bad lines are skipped."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "metrics.jsonl"
+    if not p.is_file():
+        raise UserError(f"{p}: no metrics.jsonl")
+    train, valid = [], {}
+    for line in p.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+        step = rec.get("step")
+        if step is None:
+            continue
+        if isinstance(rec.get("loss"), (int, float)) and math.isfinite(rec["loss"]):
+            train.append((int(step), float(rec["loss"])))
+        for dom, v in (rec.get("valid_loss") or {}).items():
+            if isinstance(v, (int, float)):
+                valid.setdefault(dom, []).append((int(step), float(v)))
+    if not train and not valid:
+        raise UserError(f"{p}: no loss records")
+    return train, valid
+
+
+def plot_loss_curve(metrics: str | Path, out_png: str | Path) -> Path:
+    plt = _plt()
+    train, valid = read_metrics(metrics)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train", lw=1.2)
+    for dom, pts in sorted(valid.items()):
+        ax.plot(*zip(*pts), marker="o", ms=3, lw=1, label=f"valid {dom}")
+    ax.set(xlabel="step", ylabel="loss", title="loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _save(fig, out)
+    plt.close(fig)
+    return out
