@@ -1,0 +1,335 @@
+"""Dense LLaMA-2 -> MoE checkpoint (LLaMA-MoE stage 1), streamed one decoder layer at a time.
+
+    result = convert_dense_to_moe("llama-2-7b-hf", "moe-ckpt", ConvertOptions(num_experts=16, top_k=4))
+    delta = verify_conversion("llama-2-7b-hf", "moe-ckpt")        # max |logit delta|, all experts, weight 1
+
+The output is a checkpoint of this project (docs/checkpoint_format.md): config.json (model + moe),
+model/ with parts embed, layer_NNN, final, and construction.json (method, seed, options, per-layer
+neuron assignment). It is written under a temporary name and renamed when complete.
+
+Routers start as LLaMA-MoE's: the linear gate and the noise projection are zero (every expert scores
+the same at step 0); gate_network=mlp gets a seeded N(0, init_std) first Linear and a zero second Linear,
+so its output is zero too but its gradient is not; the sigmoid router's expert bias is zero.
+
+Legend: D hidden, F dense FFN width, E experts, F_e neurons per expert, Fs shared neurons.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tqdm import tqdm
+
+from ..checkpoint import CheckpointWriter, config_dict
+from ..config import ConfigError, ModelConfig, MoEConfig, ParallelConfig
+from ..errors import UserError
+from . import calibration as calib
+from .dense import detect_format, open_dense
+from .partition import (DATA_DRIVEN, METHODS, build_expert_weights, build_shared_weights, clustering_partition,
+                        coactivation_partition, gradient_partition, random_partition, sharing_inner_partition,
+                        sharing_inter_partition, upcycle_partition)
+
+log = logging.getLogger(__name__)
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+ATTN_KEYS = ("attn_norm.weight", "attn.wq.weight", "attn.wk.weight", "attn.wv.weight", "attn.wo.weight",
+             "mlp_norm.weight")
+
+
+class ConstructionError(UserError):
+    """A conversion request that cannot run (bad option combination); one line naming the values."""
+
+
+@dataclass
+class ConvertOptions:
+    num_experts: int = 16
+    top_k: int = 4
+    method: str = "random"
+    router: str = "noisy_topk"
+    gate_network: str = "linear"
+    score_scale: Optional[float] = None
+    num_shared_experts: int = 0
+    seed: int = 1227
+    cluster_on: str = "up"          # clustering: rows of W_up (w3) or W_gate (w1)
+    metric: str = "l2"              # clustering: l2 | cosine
+    n_init: int = 3                 # clustering: k-means restarts
+    granularity: int = 1            # upcycle
+    coact_fn: str = "abs"           # co-activation: abs | square | identity
+    coact_threshold: float = 0.0    # co-activation: drop edges <= threshold
+    calib_data: list = field(default_factory=list)
+    calib_tokens: int = 8192
+    calib_seq_len: int = 512
+    calib_batch: int = 4
+    tokenizer: Optional[str] = None
+    tp: int = 1
+    ep: int = 1
+    dtype: Optional[str] = None     # bf16 | fp16 | fp32; None keeps the dense checkpoint's dtype
+
+
+@dataclass
+class ConvertResult:
+    path: Path
+    moe: MoEConfig
+    seconds: float
+    assignments: dict
+
+
+def build_moe_config(model: ModelConfig, o: ConvertOptions) -> MoEConfig:
+    """The MoE section for this conversion, validated (ConstructionError / ConfigError on bad input)."""
+    if o.method not in METHODS:
+        raise ConstructionError(f"unknown method {o.method!r}; choose one of {', '.join(METHODS)}")
+    if o.dtype is not None and o.dtype not in DTYPES:
+        raise ConstructionError(f"--dtype {o.dtype!r} is not one of {', '.join(DTYPES)}")
+    E, S, F = o.num_experts, o.num_shared_experts, model.intermediate_size
+    if E < 1:
+        raise ConstructionError(f"num_experts={E} must be >= 1")
+    if not 1 <= o.top_k <= E:
+        raise ConstructionError(f"top_k={o.top_k} must be between 1 and num_experts={E}")
+    if S and o.method != "sharing-inter":
+        raise ConstructionError(f"--num-shared-experts={S} is only used by --method sharing-inter")
+    if o.method == "sharing-inter":
+        if S < 1:
+            raise ConstructionError("--method sharing-inter needs --num-shared-experts >= 1")
+        if F % (E + S):
+            raise ConstructionError(f"FFN size {F} is not divisible by num_experts + num_shared_experts = {E + S}")
+        size = F // (E + S)
+    elif o.method == "upcycle":
+        if o.granularity < 1 or E % o.granularity or F % o.granularity:
+            raise ConstructionError(f"granularity={o.granularity} must divide num_experts={E} and FFN size {F}")
+        size = F // o.granularity
+    else:
+        if F % E:
+            raise ConstructionError(f"FFN size {F} is not divisible by num_experts={E}")
+        size = F // E
+    if o.method in DATA_DRIVEN and not o.calib_data:
+        raise ConstructionError(f"--method {o.method} needs calibration data (--calib-data PATH ...)")
+    moe = MoEConfig(num_experts=E, top_k=o.top_k, expert_ffn_size=size, router=o.router,
+                    gate_network=o.gate_network, score_scale=o.score_scale, num_shared_experts=S,
+                    shared_expert_ffn_size=size if S else None)
+    moe.validate(model)
+    ParallelConfig(tp=o.tp, ep=o.ep).validate(o.tp * o.ep, model, moe)
+    return moe
+
+
+def router_tensors(prefix: str, moe: MoEConfig, D: int, gen: torch.Generator, init_std: float) -> dict:
+    E = moe.num_experts
+    out = {}
+    if moe.gate_network == "mlp":
+        out[prefix + "router.gate.0.weight"] = torch.randn(E, D, generator=gen) * init_std
+        out[prefix + "router.gate.2.weight"] = torch.zeros(E, E)
+    else:
+        out[prefix + "router.gate.weight"] = torch.zeros(E, D)
+    if moe.router == "noisy_topk":
+        out[prefix + "router.noise.weight"] = torch.zeros(E, D)
+    if moe.router == "sigmoid":
+        out[prefix + "router.expert_bias"] = torch.zeros(E)
+    return out
+
+
+def _release(reader) -> None:
+    """Drop the reader's open shard handles: their mmapped pages otherwise stay resident (RSS grows with
+    every layer read). Uses the reader's `release()` when it has one."""
+    if hasattr(reader, "release"):
+        reader.release()
+    elif isinstance(getattr(reader, "_open", None), dict):
+        reader._open.clear()
+
+
+def _layer_seed(seed: int, layer: int) -> int:
+    return (seed * 1_000_003 + layer) % (2 ** 63)
+
+
+class _Assigner:
+    """Per-layer assignments; data-driven methods run their calibration pass here (streamed)."""
+
+    def __init__(self, reader, o: ConvertOptions, moe: MoEConfig, progress: bool):
+        self.o, self.moe, self.reader, self.info = o, moe, reader, {}
+        cfg = reader.config
+        if o.method in DATA_DRIVEN:
+            tok = o.tokenizer or next((str(Path(reader.path) / f) for f in ("tokenizer.model", "tokenizer.json")
+                                       if (Path(reader.path) / f).is_file()), None)
+            tokens = calib.load_calibration_tokens(o.calib_data, o.calib_tokens, min(o.calib_seq_len, cfg.max_seq_len),
+                                                   tok, cfg.vocab_size)
+            self.info["calibration"] = {"sequences": tokens.shape[0], "seq_len": tokens.shape[1]}
+            if o.method == "co-activation":
+                self.stream = calib.coactivation_stream(reader, tokens, o.coact_fn, o.calib_batch, progress)
+            else:
+                self.importance, clusters = calib.gradient_importance(reader, tokens, o.num_experts, o.seed,
+                                                                      o.calib_batch, progress)
+                self.info["calibration"]["sequence_clusters"] = clusters.tolist()
+
+    def __call__(self, i: int, w1_FD: torch.Tensor, w3_FD: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        o, E, F = self.o, self.o.num_experts, w1_FD.shape[0]
+        seed = _layer_seed(o.seed, i)
+        if o.method == "random":
+            return random_partition(F, E, seed), None
+        if o.method == "clustering":
+            return clustering_partition(w3_FD if o.cluster_on == "up" else w1_FD, E, o.metric, seed, o.n_init), None
+        if o.method == "upcycle":
+            return upcycle_partition(F, E, o.granularity), None
+        if o.method == "co-activation":
+            layer, A_FF = next(self.stream)
+            assert layer == i, f"co-activation stream at layer {layer}, conversion at {i}"
+            return coactivation_partition(A_FF, E, o.coact_threshold, seed), None
+        imp = self.importance[i]
+        if o.method == "gradient":
+            return gradient_partition(imp, E), None
+        if o.method == "sharing-inner":
+            return sharing_inner_partition(imp, self.moe.expert_ffn_size), None
+        return sharing_inter_partition(imp, self.moe.expert_ffn_size, F - E * self.moe.expert_ffn_size)
+
+
+def convert_dense_to_moe(load: str | Path, save: str | Path, o: ConvertOptions, progress: bool = True) -> ConvertResult:
+    """Stream the dense checkpoint at `load` into an MoE checkpoint at `save` (see the module doc)."""
+    t0 = time.perf_counter()
+    if o.cluster_on not in ("up", "gate"):
+        raise ConstructionError(f"--cluster-on {o.cluster_on!r} is not one of up, gate")
+    if Path(save).exists():
+        raise ConstructionError(f"{save} already exists; choose another --save or remove it")
+    reader = open_dense(load)
+    cfg = reader.config
+    moe = build_moe_config(cfg, o)
+    out_dtype = DTYPES[o.dtype] if o.dtype else None
+    cast = (lambda t: t.to(out_dtype)) if out_dtype else (lambda t: t)  # noqa: E731
+    assigner = _Assigner(reader, o, moe, progress)
+    gen = torch.Generator().manual_seed(o.seed)
+    record = {"method": o.method, "seed": o.seed, "options": dataclasses.asdict(o), "source": str(load),
+              "source_format": detect_format(load), "layers": {}}
+    assignments = {}
+    extra = {"construction": {"method": o.method, "seed": o.seed, "source": str(load)}}
+    with CheckpointWriter(save, config_dict(cfg, moe, extra)) as w:
+        w.add_part("embed", {"embed.weight": cast(reader.get("embed.weight"))})
+        _release(reader)
+        for i in tqdm(range(cfg.num_layers), desc=f"convert ({o.method})", unit="layer", disable=not progress):
+            p = f"layers.{i}."
+            part = {p + k: cast(reader.get(p + k)) for k in ATTN_KEYS}
+            w1, w3, w2 = (reader.get(p + f"mlp.{k}.weight") for k in ("w1", "w3", "w2"))
+            if moe.is_moe_layer(i):
+                routed, shared = assigner(i, w1, w3)
+                e1, e3, e2 = build_expert_weights(w1, w3, w2, routed)
+                part.update({p + "mlp.experts.w1": cast(e1), p + "mlp.experts.w3": cast(e3),
+                             p + "mlp.experts.w2": cast(e2)})
+                if shared is not None:
+                    s1, s3, s2 = build_shared_weights(w1, w3, w2, shared)
+                    part.update({p + "mlp.shared.w1.weight": cast(s1), p + "mlp.shared.w3.weight": cast(s3),
+                                 p + "mlp.shared.w2.weight": cast(s2)})
+                router = router_tensors(p + "mlp.", moe, cfg.hidden_size, gen, cfg.init_std)
+                part.update({k: cast(v) if v.is_floating_point() else v for k, v in router.items()})
+                record["layers"][str(i)] = {"experts": routed.tolist(),
+                                            **({"shared": shared.tolist()} if shared is not None else {})}
+                assignments[i] = (routed, shared)
+            else:
+                part.update({p + f"mlp.{k}.weight": cast(t) for k, t in (("w1", w1), ("w3", w3), ("w2", w2))})
+            del w1, w3, w2
+            _release(reader)  # before writing: the shard's mapped pages are not needed any more
+            w.add_part(f"layer_{i:03d}", part)
+            del part
+        w.add_part("final", {"norm.weight": cast(reader.get("norm.weight")),
+                             "lm_head.weight": cast(reader.get("lm_head.weight"))})
+        record.update(assigner.info)
+        w.write_json("construction.json", record)
+        for f in TOKENIZER_FILES:
+            if (Path(load) / f).is_file():
+                w.copy_in(Path(load) / f)
+    seconds = time.perf_counter() - t0
+    log.debug("converted %s -> %s (%s, %d experts) in %.1f s", load, save, o.method, o.num_experts, seconds)
+    return ConvertResult(Path(save), moe, seconds, assignments)
+
+
+# ------------------------------------------------------------------------------------------ verify
+@torch.no_grad()
+def verify_conversion(load: str | Path, save: str | Path, seed: int = 0) -> float:
+    """Max |logit delta| between the dense and the converted MoE model of this project
+    (megatron_moe.model), every expert selected at routing weight 1 (`force_all_experts`), fp32, on the
+    stored weights (the dense side is rounded to the MoE checkpoint's dtype first). Upcycled experts'
+    w2 is scaled by g/E (E/g copies of each slice). Both whole models are in memory: for 7B-sized
+    checkpoints use verify_streamed."""
+    import json
+
+    from ..checkpoint import load_model, read_config, read_tensors
+    from ..config import Config
+    from ..model import build_model
+    from .dense import load_dense_into_model
+
+    reader = open_dense(load)
+    cfg = Config()
+    cfg.model = reader.config
+    dense = build_model(cfg).eval()
+    load_dense_into_model(dense, reader)
+    cfg_moe = Config()
+    cfg_moe.model, cfg_moe.moe, _ = read_config(save)
+    moe = build_model(cfg_moe).eval()
+    load_model(moe, save)
+    dtype = read_tensors(save, ["norm.weight"])["norm.weight"].dtype
+    for p in dense.parameters():
+        p.copy_(p.to(dtype).float())
+    record = json.loads((Path(save) / "construction.json").read_text())
+    for layer in moe.moe_layers():
+        layer.force_all_experts = True
+        if record["method"] == "upcycle":
+            for name, p in layer.named_parameters():
+                if name.endswith("w2") and "experts" in name:
+                    p.mul_(record["options"]["granularity"] / cfg_moe.moe.num_experts)
+    S = min(32, cfg.model.max_seq_len)
+    ids = torch.randint(0, cfg.model.vocab_size, (2, S), generator=torch.Generator().manual_seed(seed))
+    return float((dense(ids).float() - moe(ids).float()).abs().max())
+
+
+@torch.no_grad()
+def verify_streamed(load: str | Path, save: str | Path, seed: int = 0) -> float:
+    """verify_conversion without building the models (for 7B-sized checkpoints): max |logit delta|
+    between the dense and the converted MoE model with every expert selected at routing weight 1 (g/E for upcycle, whose E/g copies of each slice would otherwise add up).
+    Both sides run the same streamed fp32 forward on the *stored* weights (the MoE dtype), so the delta
+    measures the construction only. Reads one layer at a time."""
+    import json
+
+    from ..checkpoint import read_config, read_tensors
+
+    reader = open_dense(load)
+    cfg = reader.config
+    _, moe, _ = read_config(save)
+    record = json.loads((Path(save) / "construction.json").read_text())
+    if record["method"] == "sharing-inner":
+        log.warning("sharing-inner drops and duplicates neurons by design; the delta is a deviation, not an error")
+    weight = record["options"]["granularity"] / moe.num_experts if record["method"] == "upcycle" else 1.0
+    S = min(32, cfg.max_seq_len)
+    ids = torch.randint(0, cfg.vocab_size, (2, S), generator=torch.Generator().manual_seed(seed))
+    cos, sin = calib.rope_tables(cfg, S)
+
+    moe_embed = read_tensors(save, ["embed.weight"])
+    dtype = moe_embed["embed.weight"].dtype
+    x_dense = torch.nn.functional.embedding(ids, reader.get("embed.weight").to(dtype).float())
+    x_moe = torch.nn.functional.embedding(ids, moe_embed["embed.weight"].float())
+    for i in range(cfg.num_layers):
+        Wd = {k: v.to(dtype).float() for k, v in calib.load_layer(reader, i).items()}
+        x_dense = calib.layer_forward(x_dense, Wd, cfg, cos, sin)
+        p = f"layers.{i}."
+        names = [p + k for k in ATTN_KEYS]
+        if moe.is_moe_layer(i):
+            names += [p + f"mlp.experts.{k}" for k in ("w1", "w3", "w2")]
+            if moe.num_shared_experts:
+                names += [p + f"mlp.shared.{k}.weight" for k in ("w1", "w3", "w2")]
+        else:
+            names += [p + f"mlp.{k}.weight" for k in ("w1", "w3", "w2")]
+        T = {k[len(p):]: v.float() for k, v in read_tensors(save, names).items()}
+        mlp = None
+        if moe.is_moe_layer(i):
+            def mlp(x_TD, T=T):
+                from .partition import experts_sum, swiglu_ffn
+
+                y = experts_sum(x_TD, T["mlp.experts.w1"], T["mlp.experts.w3"], T["mlp.experts.w2"], weight)
+                if "mlp.shared.w1.weight" in T:
+                    y = y + moe.shared_expert_scale * swiglu_ffn(x_TD, T["mlp.shared.w1.weight"],
+                                                                 T["mlp.shared.w3.weight"], T["mlp.shared.w2.weight"])
+                return y
+        x_moe = calib.layer_forward(x_moe, T, cfg, cos, sin, mlp=mlp)
+    fin = read_tensors(save, ["norm.weight", "lm_head.weight"])
+    head_d = {k: reader.get(k).to(dtype).float() for k in ("norm.weight", "lm_head.weight")}
+    logits_d = calib._rms(x_dense, head_d["norm.weight"], cfg.norm_eps) @ head_d["lm_head.weight"].T
+    logits_m = calib._rms(x_moe, fin["norm.weight"].float(), cfg.norm_eps) @ fin["lm_head.weight"].float().T
+    return float((logits_d - logits_m).abs().max())
