@@ -14,6 +14,8 @@ def setup_logging(level: int = logging.INFO) -> None:
     rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
     logging.basicConfig(level=level if rank == 0 else logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
+    for noisy in ("megatron", "megatron.core", "megatron_fsdp", "torch.distributed.checkpoint"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def run(main: Callable[[], object]) -> None:
