@@ -86,16 +86,16 @@ def main() -> None:
 
     banner("4/7 convert: dense -> MoE with 4 experts, top-2, random split (the paper's choice), verified")
     sh(py, "tools/convert_llama_to_moe.py", "--load", f"{rel}/dense_hf", "--save", f"{rel}/moe",
-       "--num-experts", "4", "--top-k", "2", "--method", "random", "--gate-network", "mlp", "--seed", "1227",
+       "--num-experts", "4", "--top-k", "2", "--method", "random", "--gate-network", "linear", "--seed", "1227",
        "--verify")
     sh(*torchrun(2, "tools/check_layout.py", "--load", f"{rel}/moe", "--ep", "2"))
 
-    banner("5/7 train: 2 processes, EP=2, dynamic domain sampling; interrupt at step 20, then resume")
+    banner("5/7 train: 2 processes, EP=2, dynamic domain sampling; interrupt at step 40, then resume")
     common = ["--config", str(CONFIG.relative_to(ROOT)), f"checkpoint.load={rel}/moe",
               f"logging.run_dir={rel}/run",
               f"data.domains=[{{name: code, prefixes: [{data['prefixes']['code']}], weight: 0.5, ref_loss: 3.0}},"
               f" {{name: prose, prefixes: [{data['prefixes']['prose']}], weight: 0.5, ref_loss: 3.5}}]"]
-    sh(*torchrun(2, "-m", "megatron_moe.train", *common, "train.exit_interval=20"))
+    sh(*torchrun(2, "-m", "megatron_moe.train", *common, "train.exit_interval=40"))
     print("  -- interrupted; starting again with the same run directory resumes from checkpoints/latest")
     sh(*torchrun(2, "-m", "megatron_moe.train", *common))
 
@@ -105,27 +105,33 @@ def main() -> None:
 
     banner("7/7 export to Mixtral (HF) and generate with transformers")
     sh(py, "tools/export_hf.py", "--load", f"{rel}/run", "--save", f"{rel}/mixtral_hf", "--format", "mixtral")
-    generate(out / "mixtral_hf", data["tokenizer"])
+    generate(out / "mixtral_hf", out / "run")
     metrics = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [m["loss"] for m in metrics if "loss" in m]
     print(f"\ndemo finished in {time.time() - t0:.0f} s: training loss {losses[0]:.3f} -> {losses[-1]:.3f}; "
           f"outputs in {out}")
 
 
-def generate(hf_dir: Path, tokenizer_path: str) -> None:
+def generate(hf_dir: Path, run_dir: Path) -> None:
+    """Reload the export with transformers, check it computes our logits, and continue a prompt greedily."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from .api import load_model
     from .data import load_tokenizer
 
-    tok = load_tokenizer(tokenizer_path)
+    tok = load_tokenizer(str(hf_dir / "tokenizer.model"))  # the export carries the run's tokenizer
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    ours = load_model(run_dir)
     prompt = "def main("
     ids = torch.tensor([[tok.bos_id] + tok.encode(prompt)])
     with torch.no_grad():
-        gen = model.generate(ids, max_new_tokens=12, do_sample=False)
-    print(f"  {type(model).__name__} loaded from {hf_dir} with transformers; greedy continuation of {prompt!r}:")
-    print(f"  {tok.decode(gen[0, 1:].tolist())!r}")
+        diff = (model(ids).logits - ours(ids)).abs().max().item()
+        gen = model.generate(ids, max_new_tokens=16, do_sample=False)
+    print(f"  {type(model).__name__} loaded from {hf_dir} with transformers; max |logits - ours| = {diff:.1e}")
+    print(f"  greedy continuation of {prompt!r}: {tok.decode(gen[0, 1:].tolist())!r}")
+    if diff > 1e-3:
+        sys.exit(f"demo: exported model disagrees with the trained checkpoint (max logit diff {diff:.2e})")
 
 
 if __name__ == "__main__":

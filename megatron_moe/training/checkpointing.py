@@ -142,6 +142,7 @@ def save_checkpoint(run_dir: str | Path, cfg: Config, model: nn.Module, opt: Opt
                      layout={"tp": ps.tp_size, "dp": ps.dp_size, "ep": ps.ep_size, "etp": ps.etp_size,
                              "edp": ps.edp_size, "sp": ps.sp, "zero1": cfg.train.zero1})
         _write_json(tmp / TRAINER_STATE, state)
+        _carry_files(cfg, tmp)
         _write_json(tmp / CONFIG, config_dict(cfg.model, cfg.moe, {"config": cfg.to_dict()}))  # marks complete
         if final.exists():  # a re-save of the same step (e.g. after resuming from it)
             shutil.rmtree(final)
@@ -151,6 +152,29 @@ def save_checkpoint(run_dir: str | Path, cfg: Config, model: nn.Module, opt: Opt
         log.info("saved checkpoint %s", final)
     _barrier()
     return final
+
+
+# Files a checkpoint carries along unchanged so that export/generation find them: tokenizer, construction record.
+CARRIED_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "construction.json")
+
+
+def _carry_files(cfg: Config, dest: Path) -> None:
+    """Copy CARRIED_FILES from the checkpoint the run started from (or data.tokenizer) into `dest`."""
+    sources = []
+    if cfg.checkpoint.load:
+        src = Path(cfg.checkpoint.load)
+        sources.append(latest_checkpoint(src) or src)
+    previous = latest_checkpoint(cfg.logging.run_dir)  # a resumed run keeps what its earlier saves carried
+    if previous is not None:
+        sources.append(previous)
+    tok = getattr(cfg.data, "tokenizer", None)
+    if tok and Path(tok).is_file():
+        shutil.copy2(tok, dest / ("tokenizer.json" if tok.endswith(".json") else "tokenizer.model"))
+    for src in sources:
+        for name in CARRIED_FILES:
+            if (src / name).is_file() and not (dest / name).exists():
+                shutil.copy2(src / name, dest / name)
 
 
 def _write_json(path: Path, obj) -> None:

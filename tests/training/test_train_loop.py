@@ -161,3 +161,21 @@ def test_exit_interval_then_rerun_equals_uninterrupted(corpus, tmp_path):
     got += [r["loss"] for r in second.train()]
     second.close()
     assert got == want
+
+
+def test_checkpoints_carry_tokenizer_for_export(corpus, tmp_path):
+    tok = tmp_path / "tok" / "tokenizer.model"
+    tok.parent.mkdir()
+    tok.write_bytes(b"sentencepiece-bytes")
+    tr = _trainer(corpus, tmp_path / "run", train_steps=2, exit_interval=1)
+    tr.cfg.data.tokenizer = str(tok)
+    tr.train()
+    tr.close()
+    first = resolve(tmp_path / "run")
+    assert (first / "tokenizer.model").read_bytes() == b"sentencepiece-bytes"
+    tok.unlink()  # the resumed run no longer sees the original: its saves carry the earlier checkpoint's copy
+    again = _trainer(corpus, tmp_path / "run", train_steps=2)
+    again.train()
+    again.close()
+    last = resolve(tmp_path / "run")
+    assert last.name == "step_00000002" and (last / "tokenizer.model").read_bytes() == b"sentencepiece-bytes"
