@@ -38,10 +38,23 @@ def _fsync_dir(path: Path) -> None:
         pass
 
 
-def dcp_save(tensors: dict, path: Path, no_dist: bool) -> None:
+def _fsync_tree(path: Path) -> None:
+    """Flush every file under `path` (and the directories) to disk."""
+    for root, _, files in os.walk(path):
+        for f in files:
+            fd = os.open(os.path.join(root, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+
+
+def dcp_save(tensors: dict, path: Path, no_dist: bool, sync_files: bool = True) -> None:
+    """Write one DCP part; sync_files=False leaves flushing to the caller (one pass at commit)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dcp.save(tensors, storage_writer=dcp.FileSystemWriter(str(path), sync_files=True), no_dist=no_dist)
+        dcp.save(tensors, storage_writer=dcp.FileSystemWriter(str(path), sync_files=sync_files), no_dist=no_dist)
 
 
 def dcp_load(targets: dict, path: Path, no_dist: bool) -> None:
@@ -74,7 +87,8 @@ class CheckpointWriter:
         if part in self.parts:
             raise ValueError(f"part {part!r} written twice")
         tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
-        dcp_save(tensors, self.tmp / MODEL_DIR / part, no_dist=True)
+        dcp_save(tensors, self.tmp / MODEL_DIR / part, no_dist=True, sync_files=False)  # the OS writes back
+        # in the background while the next part is computed; commit() flushes everything once
         self.parts[part] = sorted(tensors)
         self.dtype = self.dtype or str(next(iter(tensors.values())).dtype).replace("torch.", "")
 
@@ -86,7 +100,11 @@ class CheckpointWriter:
 
     def commit(self) -> Path:
         (self.tmp / MODEL_DIR / INDEX).write_text(json.dumps({"parts": self.parts, "dtype": self.dtype}, indent=1))
-        (self.tmp / CONFIG).write_text(json.dumps(self.config, indent=1))  # last: marks the checkpoint complete
+        _fsync_tree(self.tmp)  # everything durable before config.json marks the checkpoint complete
+        with open(self.tmp / CONFIG, "w") as f:
+            f.write(json.dumps(self.config, indent=1))
+            f.flush()
+            os.fsync(f.fileno())
         _fsync_dir(self.tmp)
         if self.final.exists() and self.overwrite:
             shutil.rmtree(self.final)

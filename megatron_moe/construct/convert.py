@@ -132,12 +132,9 @@ def router_tensors(prefix: str, moe: MoEConfig, D: int, gen: torch.Generator, in
 
 
 def _release(reader) -> None:
-    """Drop the reader's open shard handles: their mmapped pages otherwise stay resident (RSS grows with
-    every layer read). Uses the reader's `release()` when it has one."""
+    """Drop the reader's open shard handles (HF shards are memory-mapped; Meta shards load whole)."""
     if hasattr(reader, "release"):
         reader.release()
-    elif isinstance(getattr(reader, "_open", None), dict):
-        reader._open.clear()
 
 
 def _layer_seed(seed: int, layer: int) -> int:

@@ -161,6 +161,11 @@ class HFLlamaReader:
             self._bin_cache = (f, sd)
         return self._bin_cache[1]
 
+    def release(self) -> None:
+        """Close the open shards: their memory-mapped pages otherwise stay resident as layers are read."""
+        self._open.clear()
+        self._bin_cache = None
+
     def names(self) -> list[str]:
         return list(self.shapes)
 

@@ -16,6 +16,7 @@ def test_moe_benchmark_cli_tiny(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["max_abs_diff"] < 1e-5
     assert res["speedup"] > 0 and res["ours"]["tokens_per_s"] > 0
+    assert res["max_possible_speedup"] == res["mixtral_hf"]["median_s"] / res["floor"]["median_s"]
     assert "speedup" in capsys.readouterr().out
 
 

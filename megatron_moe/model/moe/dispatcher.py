@@ -16,8 +16,8 @@ Rules (every step's backward is the transpose of its forward):
                (`.tolist()` of local + received counts) gives the split sizes; all-to-all the rows; re-sort the
                received [source rank][local expert] chunks by local expert.
   5. experts on rows sorted by local expert.
-  6. combine:  inverse of 4 (un-sort, all-to-all back, scatter rows to their (token, slot) positions, zeros for
-               dropped slots), weighted sum over K with the routing weights, then reduce-scatter the partial
+  6. combine:  inverse of 4 (un-sort, all-to-all back), weight each row by its routing weight and add it to its
+               token (dropped slots add nothing), then reduce-scatter the partial
                (F-slice) results over ETP, then undo 1 (without SP: all-reduce of the zero-padded chunks, whose
                backward hands each rank its own chunk of the replicated output gradient).
 This scheme moves etp x more rows through the EP all-to-all than megatron-core (which all-gathers over ETP after
@@ -153,11 +153,12 @@ class Dispatcher:
         if plan.perm_R is not None:
             out_RD = torch.empty_like(out_RD).index_copy(0, plan.perm_R, out_RD)
             out_RD = all_to_all(out_RD, plan.send_splits, plan.recv_splits, ps.ep_group)
-        D = out_RD.shape[1]
-        out_PD = out_RD.new_zeros(plan.T * plan.K, D).index_copy(0, plan.order_V, out_RD)
         if ps.etp_size > 1:
             weights_TK = gather_seq(weights_TK, ps.etp_group, 0)
-        y_TD = (out_PD.view(plan.T, plan.K, D) * weights_TK.to(out_PD.dtype)[..., None]).sum(1)
+        # out_RD is now in order_V order: weight each row, then add it to its token (index_add; on CUDA it is
+        # bitwise reproducible for K <= 2, or for any K under torch.use_deterministic_algorithms)
+        w_V1 = weights_TK.reshape(-1).to(out_RD.dtype).index_select(0, plan.order_V)[:, None]
+        y_TD = out_RD.new_zeros(plan.T, out_RD.shape[1]).index_add(0, plan.order_V // plan.K, out_RD * w_V1)
         if ps.etp_size > 1:
             y_TD = reduce_scatter_seq(y_TD, ps.etp_group, 0)
         return y_TD

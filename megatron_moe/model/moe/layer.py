@@ -84,7 +84,10 @@ class MoELayer(nn.Module):
         """Router choices, plus the weighted aux + z loss of the global micro-batch; fills last_stats."""
         noise_TN = self._noise(x_TD, B, S)
         routing = self.router(x_TD, noise_TN, use_kernels=kernels, force_all=self.force_all_experts)
-        g = global_sums(routing.sums, self.stats_groups)
+        sums = routing.sums
+        if self.cfg.aux_loss_coeff == 0 and self.cfg.z_loss_coeff == 0:  # statistics only: no autograd graph
+            sums = {k: v.detach() for k, v in sums.items()}
+        g = global_sums(sums, self.stats_groups)
         aux, z = self.router.losses(g)
         tokens_E = g["counts"].round().long()
         if self.training:
