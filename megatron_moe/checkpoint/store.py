@@ -50,11 +50,13 @@ def _fsync_tree(path: Path) -> None:
         _fsync_dir(Path(root))
 
 
-def dcp_save(tensors: dict, path: Path, no_dist: bool, sync_files: bool = True) -> None:
-    """Write one DCP part; sync_files=False leaves flushing to the caller (one pass at commit)."""
+def dcp_save(tensors: dict, path: Path, no_dist: bool, sync_files: bool = True, threads: int = 1) -> None:
+    """Write one DCP part; sync_files=False leaves flushing to the caller (one pass at commit); threads > 1
+    writes that many files in parallel (serialisation overlaps the writes)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dcp.save(tensors, storage_writer=dcp.FileSystemWriter(str(path), sync_files=sync_files), no_dist=no_dist)
+        writer = dcp.FileSystemWriter(str(path), sync_files=sync_files, thread_count=threads)
+        dcp.save(tensors, storage_writer=writer, no_dist=no_dist)
 
 
 def dcp_load(targets: dict, path: Path, no_dist: bool) -> None:
@@ -87,7 +89,7 @@ class CheckpointWriter:
         if part in self.parts:
             raise ValueError(f"part {part!r} written twice")
         tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
-        dcp_save(tensors, self.tmp / MODEL_DIR / part, no_dist=True, sync_files=False)  # the OS writes back
+        dcp_save(tensors, self.tmp / MODEL_DIR / part, no_dist=True, sync_files=False, threads=2)  # OS writes back
         # in the background while the next part is computed; commit() flushes everything once
         self.parts[part] = sorted(tensors)
         self.dtype = self.dtype or str(next(iter(tensors.values())).dtype).replace("torch.", "")
