@@ -54,7 +54,7 @@ def main() -> int:
                 print("error: gpu mode needs a CUDA device", file=sys.stderr)
                 return 2
             cfg = bench.llama_moe_35b_config(args.layers, args.seq)
-            out = {**stamp, "config": vars(args), **bench.gpu_step(cfg, args.micro_batch, args.steps)}
+            out = {**stamp, "config": vars(args), **bench.gpu_step(cfg, torch.device("cuda", torch.cuda.current_device()), args.micro_batch, args.steps)}
         print(json.dumps(out, indent=1))
         return 0
 

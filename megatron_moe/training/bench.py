@@ -107,9 +107,8 @@ def llama_moe_35b_config(layers: int = 4, seq_len: int = 4096) -> Config:
     return cfg
 
 
-def gpu_step(cfg: Config, micro_batch: int = 1, steps: int = 5, warmup: int = 2) -> dict:
-    """Time full training steps on the current CUDA device; returns tokens/s, step ms, MFU (activated)."""
-    device = torch.device("cuda", torch.cuda.current_device())
+def gpu_step(cfg: Config, device: torch.device, micro_batch: int = 1, steps: int = 5, warmup: int = 2) -> dict:
+    """Time full training steps on a CUDA `device`; returns tokens/s, step ms, MFU (activated)."""
     model, loss_fn = _ours(cfg, device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
     S = cfg.data.seq_len
@@ -118,7 +117,7 @@ def gpu_step(cfg: Config, micro_batch: int = 1, steps: int = 5, warmup: int = 2)
     for i in range(warmup + steps):
         torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = loss_fn(ids)
         loss.backward()
         opt.step()
