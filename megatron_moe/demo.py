@@ -5,7 +5,7 @@
   3. import    HF -> our checkpoint; TP=2 + sequence parallel computes the same logits as one process
   4. convert   dense -> MoE (4 experts, top-2, random split), verified lossless
   5. train     2 processes, EP=2, dynamic domain sampling; stop half-way, resume from the checkpoint, finish
-  6. evaluate  per-domain validation loss and perplexity
+  6. evaluate  per-domain loss and perplexity with tools/evaluate.py
   7. export    to Mixtral (HF), reload with transformers, generate a few tokens
 
 Everything lands in ./demo_out (or $DEMO_OUT). Nothing is downloaded.
@@ -99,7 +99,7 @@ def main() -> None:
     print("  -- interrupted; starting again with the same run directory resumes from checkpoints/latest")
     sh(*torchrun(2, "-m", "megatron_moe.train", *common))
 
-    banner("6/7 evaluate: per-domain validation loss and perplexity")
+    banner("6/7 evaluate: per-domain loss and perplexity of the trained model (the trainer logged validation losses above)")
     sh(py, "tools/evaluate.py", "--load", f"{rel}/run", "--data", f"code={data['prefixes']['code']}",
        f"prose={data['prefixes']['prose']}", "--seq-len", "128", "--max-batches", "4")
 
