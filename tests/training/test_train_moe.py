@@ -1,4 +1,4 @@
-"""MoE training: EP=2 on 2 gloo ranks matches 1 process, its checkpoint resumes at EP=1 (reshard), expert-load
+"""MoE training: EP=2 on 2 gloo ranks matches 1 process, so does ZeRO-1 with EDP=2, its checkpoint resumes at EP=1 (reshard), expert-load
 metrics are logged, and the noisy router's RNG is restored for a bitwise exact resume."""
 import json
 
@@ -24,7 +24,19 @@ def _ep2(rank, world, prefixes, root):
     randomize_routers(trainer)
     hist = trainer.train(until=STEPS)
     trainer.close()
-    return {"loss": [r["loss"] for r in hist], "aux": [r["aux_loss"] for r in hist]}
+    out = {"loss": [r["loss"] for r in hist], "aux": [r["aux_loss"] for r in hist]}
+    # ZeRO-1 over expert data parallelism: EP=1 on 2 ranks puts every expert on both (EDP=2), so the expert
+    # AdamW state is sharded over the EDP group and the dense state over DP
+    cfg = tiny_config(prefixes, root / "zero1", moe=True, train_steps=2 * STEPS, micro_batch_size=2)
+    cfg.train.zero1 = True
+    cfg = prepare_config(cfg, world)
+    ps = init_parallel(cfg.parallel)
+    trainer = build_everything(cfg, ps)
+    randomize_routers(trainer)
+    out["zero1_edp"] = ps.edp_size
+    out["zero1"] = [r["loss"] for r in trainer.train(until=STEPS)]
+    trainer.close()
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +61,14 @@ def test_ep2_matches_single_process(runs):
     for a, b in zip(res[0]["aux"], ref):
         assert abs(a - b["aux_loss"]) <= 1e-5
     assert ref[0]["aux_loss"] > 0
+
+
+@pytest.mark.dist
+def test_zero1_with_expert_data_parallel_matches_single_process(runs):
+    _, _, ref, res = runs
+    assert res[0]["zero1_edp"] == 2 and res[0]["zero1"] == res[1]["zero1"]
+    for a, b in zip(res[0]["zero1"], ref):
+        assert abs(a - b["loss"]) <= 1e-5, (res[0]["zero1"], [r["loss"] for r in ref])
 
 
 @pytest.mark.dist
