@@ -225,3 +225,21 @@ def test_kernel_switch_matches_torch_path(router):
         out[mode] = [x.grad] + [p.grad for p in layer.parameters() if p.grad is not None]
     for a, b in zip(out["off"], out["on"]):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("router", ["noisy_topk", "softmax_topk", "sigmoid", "switch"])
+def test_router_math_stays_fp32_under_bf16_autocast(router):
+    from megatron_moe.model.moe.router import Router
+
+    moe = MoEConfig(num_experts=8, top_k=1 if router == "switch" else 2, router=router, gate_network="mlp")
+    r = Router(64, moe, sequence_parallel=False)
+    with torch.no_grad():
+        for p in r.parameters():
+            p.normal_(0.0, 0.3)
+    x = torch.randn(257, 64, generator=torch.Generator().manual_seed(0))
+    want = r(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = r(x)
+    assert got.weights_TK.dtype == torch.float32
+    assert torch.equal(got.indices_TK, want.indices_TK)
+    assert torch.equal(got.weights_TK, want.weights_TK)

@@ -82,6 +82,12 @@ class Router(nn.Module):
 
     def forward(self, x_TD: torch.Tensor, noise_TN: Optional[torch.Tensor] = None, use_kernels: bool = False,
                 force_all: bool = False) -> Routing:
+        # fp32 router math also under bf16 autocast (which would run the gate's linears in bf16: rounded logits
+        # tie often, and the chosen experts would depend on rounding)
+        with torch.autocast(x_TD.device.type, enabled=False):
+            return self._forward(x_TD, noise_TN, use_kernels, force_all)
+
+    def _forward(self, x_TD, noise_TN, use_kernels, force_all) -> Routing:
         x32_TD = x_TD.float()
         T, E = x_TD.shape[0], self.E
         if force_all:  # converter --verify: every expert, weight 1, no scale, no losses
