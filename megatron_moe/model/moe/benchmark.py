@@ -6,7 +6,8 @@ so both compute the same function; the benchmark checks that first. Memory: peak
 CPU, the bytes saved for backward (activation memory), counted with saved-tensor hooks.
 
 It also times the *floor*: the expert matmuls and SwiGLU alone on perfectly balanced, pre-sorted rows (no routing,
-no token movement). Both layers must do that work, so Mixtral time / floor bounds any speedup over Mixtral.
+no token movement). Both layers must do that work, so Mixtral time / floor bounds the speed-up over Mixtral of
+any layer that runs the same matmuls.
 """
 from __future__ import annotations
 
