@@ -121,7 +121,11 @@ class CheckpointWriter:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
-            self.commit()
+            try:
+                self.commit()
+            except BaseException:  # e.g. disk full at the final flush: leave no temp directory behind
+                self.abort()
+                raise
         else:
             self.abort()
         return False
