@@ -9,7 +9,7 @@
 # Without an installed megatron_moe, megatron-core must be importable, for example from a wheel that you
 # unpacked into PYTHONPATH (see docs/benchmarks.md).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 OUT=${OUT:-gpu_out}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
