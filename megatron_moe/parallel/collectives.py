@@ -1,6 +1,6 @@
 """Device-agnostic autograd collectives (gloo on CPU, nccl on GPU).
 
-megatron-core's sequence-parallel mappings and all-to-all allocate on `torch.cuda.current_device()`, so they
+megatron-core's sequence-parallel mappings and all-to-all allocate on the current CUDA device, so they
 fail on CPU; these use the input tensor's device. Every function is the identity when `group` is None or has
 one rank, so single-process code paths stay collective-free.
 
