@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint import CheckpointWriter, config_dict
+from ..checkpoint.format import TOKENIZER_FILES
 from ..config import ConfigError, ModelConfig, MoEConfig, ParallelConfig
 from ..errors import UserError
 from . import calibration as calib
@@ -36,7 +37,6 @@ from .partition import (DATA_DRIVEN, METHODS, build_expert_weights, build_shared
 
 log = logging.getLogger(__name__)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 ATTN_KEYS = ("attn_norm.weight", "attn.wq.weight", "attn.wk.weight", "attn.wv.weight", "attn.wo.weight",
              "mlp_norm.weight")
 

@@ -8,10 +8,10 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint import CheckpointWriter, config_dict, part_of
+from ..checkpoint.format import TOKENIZER_FILES
 from ..config import MoEConfig
 from .dense import open_dense
 
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def import_dense(load: str | Path, save: str | Path, dtype: Optional[torch.dtype] = None) -> Path:

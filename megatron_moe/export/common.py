@@ -17,12 +17,11 @@ from typing import Optional
 
 import torch
 
+from ..checkpoint.format import TOKENIZER_FILES
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json")
 DEFAULT_SHARD_BYTES = 5 * 1024**3
 SAFE_NAME, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 

@@ -20,8 +20,9 @@ import tempfile
 import traceback
 from pathlib import Path
 
+from ..checkpoint.format import CARRIED_FILES
+
 log = logging.getLogger(__name__)
-CARRIED = ("construction.json", "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def _free_port() -> int:
@@ -75,7 +76,7 @@ def reshard(load: str | Path, save: str | Path, tp: int = 1, ep: int = 1, etp: i
     tmp.mkdir(parents=True)
     try:
         _run_ranks(world, str(src), str(tmp), tp, ep, etp, timeout_s)
-        for name in CARRIED:
+        for name in CARRIED_FILES:
             if (src / name).is_file():
                 shutil.copy2(src / name, tmp / name)
         raw = {**raw, "resharded_from": str(src), "saved_layout": {"tp": tp, "ep": ep, "etp": etp}}

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..checkpoint import as_global, config_dict, load_model, resolve, save_model
-from ..checkpoint.format import CONFIG, LATEST
+from ..checkpoint.format import CARRIED_FILES, CONFIG, LATEST
 from ..checkpoint.store import dcp_load, dcp_save, part_metadata
 from ..config import Config
 from ..errors import CheckpointError
@@ -152,11 +152,6 @@ def save_checkpoint(run_dir: str | Path, cfg: Config, model: nn.Module, opt: Opt
         log.info("saved checkpoint %s", final)
     _barrier()
     return final
-
-
-# Files a checkpoint carries along unchanged so that export/generation find them: tokenizer, construction record.
-CARRIED_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                 "construction.json")
 
 
 def _carry_files(cfg: Config, dest: Path) -> None:
