@@ -124,3 +124,21 @@ def test_train_tokenizer_cli(tmp_path, capsys):
     assert tok.decode(tok.encode("the quick brown fox")) == "the quick brown fox"
     assert train_tokenizer.main(["--input", str(tmp_path / "none.txt"), "--output", str(out)]) == 2
     assert capsys.readouterr().err.strip() == f"error: input {tmp_path / 'none.txt'} does not exist"
+
+
+def test_sentencepiece_training_is_reproducible_across_processes(tmp_path):
+    """More lines than max_sentences, so lines are sampled: two processes with the same texts and seed train the
+    same model (sentencepiece's own sampling differed between processes)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import random, sys\n"
+        "from megatron_moe.data.spm_train import train_sentencepiece\n"
+        "rng = random.Random(0)\n"
+        "words = [''.join(rng.choice('abcdefghij') for _ in range(rng.randint(2, 7))) for _ in range(400)]\n"
+        "texts = [' '.join(rng.choice(words) for _ in range(12)) for _ in range(4000)]\n"
+        "train_sentencepiece(texts, sys.argv[1], vocab_size=200, max_sentences=500)\n")
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / f"{name}.model")], check=True)
+    assert (tmp_path / "a.model").read_bytes() == (tmp_path / "b.model").read_bytes()
