@@ -19,7 +19,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
 from ..errors import CheckpointError
-from .format import CONFIG, INDEX, MODEL_DIR, read_index, resolve
+from .format import CONFIG, INDEX, MODEL_DIR, TOKENIZER_FILES, read_index, resolve
 
 
 def part_of(name: str) -> str:
@@ -69,6 +69,17 @@ def part_metadata(path: Path) -> dict:
     """name -> (shape, dtype) as stored in one DCP part."""
     md = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
     return {k: (tuple(v.size), v.properties.dtype) for k, v in md.items() if hasattr(v, "size")}
+
+
+def copy_tokenizer(src_dir: str | Path, writer) -> list[str]:
+    """Copy the tokenizer files `src_dir` holds into `writer` (anything with copy_in); returns their names."""
+    copied = []
+    for f in TOKENIZER_FILES:
+        p = Path(src_dir) / f
+        if p.is_file():
+            writer.copy_in(p)
+            copied.append(f)
+    return copied
 
 
 class CheckpointWriter:

@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint import CheckpointWriter, config_dict
-from ..checkpoint.format import TOKENIZER_FILES
+from ..checkpoint.store import copy_tokenizer
 from ..config import ConfigError, ModelConfig, MoEConfig, ParallelConfig
 from ..errors import UserError
 from . import calibration as calib
@@ -230,9 +230,7 @@ def convert_dense_to_moe(load: str | Path, save: str | Path, o: ConvertOptions, 
                              "lm_head.weight": cast(reader.get("lm_head.weight"))})
         record.update(assigner.info)
         w.write_json("construction.json", record)
-        for f in TOKENIZER_FILES:
-            if (Path(load) / f).is_file():
-                w.copy_in(Path(load) / f)
+        copy_tokenizer(load, w)
     seconds = time.perf_counter() - t0
     log.debug("converted %s -> %s (%s, %d experts) in %.1f s", load, save, o.method, o.num_experts, seconds)
     return ConvertResult(Path(save), moe, seconds, assignments)

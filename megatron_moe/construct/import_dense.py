@@ -8,7 +8,7 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint import CheckpointWriter, config_dict, part_of
-from ..checkpoint.format import TOKENIZER_FILES
+from ..checkpoint.store import copy_tokenizer
 from ..config import MoEConfig
 from .dense import open_dense
 
@@ -24,7 +24,5 @@ def import_dense(load: str | Path, save: str | Path, dtype: Optional[torch.dtype
     with CheckpointWriter(save, config_dict(cfg, MoEConfig(), {"source": str(load)})) as w:
         for part, names in tqdm(parts.items(), desc="import", unit="part"):
             w.add_part(part, {n: reader.get(n).to(dtype or torch.float32) for n in names})
-        for f in TOKENIZER_FILES:
-            if (Path(load) / f).is_file():
-                w.copy_in(Path(load) / f)
+        copy_tokenizer(load, w)
     return Path(save)

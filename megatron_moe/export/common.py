@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from ..checkpoint.format import TOKENIZER_FILES
+from ..checkpoint.store import copy_tokenizer  # noqa: F401  (re-exported for export/*)
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
@@ -103,17 +103,6 @@ class HFWriter:
         else:
             self.abort()
         return False
-
-
-def copy_tokenizer(src_dir: str | Path, writer) -> list[str]:
-    """Copy the tokenizer files a checkpoint carries; returns their names."""
-    copied = []
-    for f in TOKENIZER_FILES:
-        p = Path(src_dir) / f
-        if p.is_file():
-            writer.copy_in(p)
-            copied.append(f)
-    return copied
 
 
 # ------------------------------------------------------------------------ non-MLP name mapping (all formats)

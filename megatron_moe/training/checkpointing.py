@@ -163,7 +163,7 @@ def _carry_files(cfg: Config, dest: Path) -> None:
     previous = latest_checkpoint(cfg.logging.run_dir)  # a resumed run keeps what its earlier saves carried
     if previous is not None:
         sources.append(previous)
-    tok = getattr(cfg.data, "tokenizer", None)
+    tok = cfg.data.tokenizer
     if tok and Path(tok).is_file():
         shutil.copy2(tok, dest / ("tokenizer.json" if tok.endswith(".json") else "tokenizer.model"))
     for src in sources:
