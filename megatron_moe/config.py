@@ -19,9 +19,23 @@ from typing import Any, Optional
 
 import yaml
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration that cannot run; the message is one line naming the offending values."""
+
+
+def _at_least(section: str, obj, names: tuple, low: float, strict: bool = False) -> None:
+    """ConfigError unless every named (non-None) field is >= low (> low when strict)."""
+    for name in names:
+        v = getattr(obj, name)
+        if v is None:
+            continue
+        if isinstance(v, float) and v != v:
+            raise ConfigError(f"{section}.{name}=nan is not a number")
+        if v < low or (strict and v == low):
+            raise ConfigError(f"{section}.{name}={v} must be {'>' if strict else '>='} {low:g}")
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -65,15 +79,16 @@ class ModelConfig:
         return self.hidden_size // self.num_heads
 
     def validate(self) -> None:
+        _at_least("model", self, ("hidden_size", "num_heads", "num_kv_heads"), 0, strict=True)
         if self.hidden_size % self.num_heads:
             raise ConfigError(f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}")
         if self.num_heads % self.kv_heads:
             raise ConfigError(f"model.num_heads={self.num_heads} is not divisible by model.num_kv_heads={self.kv_heads}")
         if self.head_dim % 2:
             raise ConfigError(f"head_dim={self.head_dim} must be even for rotary embeddings")
-        for name in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "vocab_size", "max_seq_len"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name}={getattr(self, name)} must be positive")
+        _at_least("model", self, ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                                  "vocab_size", "max_seq_len", "rope_theta", "norm_eps"), 0, strict=True)
+        _at_least("model", self, ("init_std",), 0)
 
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
@@ -110,6 +125,10 @@ class MoEConfig:
     """Weight of the load-balancing loss (cv² terms for noisy_topk, Switch loss otherwise); 0 disables it."""
     z_loss_coeff: float = 0.0
     """Weight of the router z-loss mean(logsumexp(logits)²) (ST-MoE); 0 disables it."""
+    balance_scope: str = "micro"
+    """Tokens the balance loss is computed over: micro (each micro-batch across DP) or global (the step's whole
+    global batch, Qwen's global-batch balancing; exact for any micro-batch size, costs one extra forward without
+    gradients per step; see model/moe/balance.py)."""
     noisy_gate: bool = True
     """noisy_topk: add softplus-scaled Gaussian noise to the logits in training."""
     noise_epsilon: float = 1e-2
@@ -152,8 +171,16 @@ class MoEConfig:
         return layer % self.layer_freq == 0
 
     def validate(self, model: ModelConfig) -> None:
+        _at_least("moe", self, ("num_experts", "aux_loss_coeff", "z_loss_coeff", "noise_epsilon", "switch_jitter",
+                                "bias_update_rate", "num_shared_experts"), 0)
+        _at_least("moe", self, ("expert_ffn_size", "score_scale", "shared_expert_ffn_size", "layer_freq",
+                                "top_k"), 0, strict=True)
         if not self.enabled:
+            if self.num_shared_experts or self.moe_layers:
+                raise ConfigError("moe.num_shared_experts / moe.moe_layers need moe.num_experts > 0")
             return
+        if self.switch_jitter >= 1:
+            raise ConfigError(f"moe.switch_jitter={self.switch_jitter} must be < 1")
         if self.router not in ROUTERS:
             raise ConfigError(f"moe.router={self.router!r} is not one of {', '.join(ROUTERS)}")
         if self.gate_network not in ("linear", "mlp"):
@@ -167,12 +194,16 @@ class MoEConfig:
                               f"moe.num_experts={self.num_experts}; set moe.expert_ffn_size")
         if self.capacity_factor is not None and self.capacity_factor <= 0:
             raise ConfigError(f"moe.capacity_factor={self.capacity_factor} must be positive (or null for dropless)")
+        if self.balance_scope not in ("micro", "global"):
+            raise ConfigError(f"moe.balance_scope={self.balance_scope!r} is not one of micro, global")
         if self.use_kernels not in ("auto", "on", "off"):
             raise ConfigError(f"moe.use_kernels={self.use_kernels!r} is not one of auto, on, off")
         if self.moe_layers is not None:
-            bad = [i for i in self.moe_layers if not 0 <= i < model.num_layers]
+            bad = [i for i in self.moe_layers if not isinstance(i, int) or not 0 <= i < model.num_layers]
             if bad:
                 raise ConfigError(f"moe.moe_layers has {bad} outside 0..{model.num_layers - 1}")
+            if not self.moe_layers:
+                raise ConfigError("moe.moe_layers is empty; set moe.num_experts=0 for a dense model")
 
 
 # -------------------------------------------------------------------------------------- parallel
@@ -202,9 +233,10 @@ class ParallelConfig:
         return world_size // (self.ep * self.expert_tp)
 
     def validate(self, world_size: int, model: ModelConfig, moe: MoEConfig) -> None:
-        for name in ("tp", "ep"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"parallel.{name}={getattr(self, name)} must be >= 1")
+        for name in ("tp", "ep", "etp"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"parallel.{name}={v} must be >= 1" + (" (or null for 1)" if name == "etp" else ""))
         if world_size % self.tp:
             raise ConfigError(f"world size {world_size} is not divisible by tp={self.tp}")
         if world_size % (self.ep * self.expert_tp):
@@ -289,9 +321,14 @@ class DataConfig:
             raise ConfigError(f"data.dynamic_smoothing={self.dynamic_smoothing} must be in [0, 1]")
         if self.seq_len < 2:
             raise ConfigError(f"data.seq_len={self.seq_len} must be >= 2")
+        _at_least("data", self, ("dynamic_eta", "num_workers"), 0)
         names = [d.name for d in self.domains]
         if any(not n for n in names) or len(set(names)) != len(names):
             raise ConfigError(f"data.domains need distinct non-empty names, got {names}")
+        for d in self.domains:
+            if not d.prefixes or not all(isinstance(p, str) and p for p in d.prefixes):
+                raise ConfigError(f"data.domains[{d.name}].prefixes must be a non-empty list of dataset prefixes")
+            _at_least(f"data.domains[{d.name}]", d, ("weight",), 0)
 
 
 # --------------------------------------------------------------------------------------- training
@@ -357,6 +394,8 @@ class TrainConfig:
         for name in ("lr", "warmup_steps", "weight_decay", "clip_grad", "eval_interval"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 0")
+        _at_least("train", self, ("exit_interval",), 1)
+        _at_least("train", self, ("adam_eps",), 0, strict=True)
         if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
             raise ConfigError(f"train.adam_beta1={self.adam_beta1}, adam_beta2={self.adam_beta2} must be in [0, 1)")
 
@@ -370,9 +409,14 @@ class CheckpointConfig:
     save_interval: int = 0
     """Save every N steps (0 = only at the end)."""
     keep_last: int = 3
-    """Keep the newest N checkpoints in the run directory."""
+    """Keep the newest N checkpoints in the run directory (0 keeps all)."""
     save_optimizer: bool = True
     """Save optimizer state (needed for exact resume)."""
+
+    def validate(self) -> None:
+        _at_least("checkpoint", self, ("save_interval", "keep_last"), 0)
+        if self.load is not None and not self.load:
+            raise ConfigError("checkpoint.load is an empty string; give a path or null")
 
 
 @dataclass
@@ -389,6 +433,11 @@ class LoggingConfig:
     """wandb run name (defaults to the run directory name)."""
     peak_tflops: Optional[float] = None
     """Per-device peak TFLOPS for MFU; None picks a known value for the GPU (H100 989, A100 312) or skips MFU."""
+
+    def validate(self) -> None:
+        if not self.run_dir:
+            raise ConfigError("logging.run_dir is empty")
+        _at_least("logging", self, ("peak_tflops",), 0, strict=True)
 
 
 @dataclass
@@ -410,12 +459,17 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Logging."""
 
+    explicit: set = field(default_factory=set, repr=False, compare=False, metadata={"internal": True})
+    """Internal: dotted model/moe keys the user set explicitly (filled by load_config; not part of to_dict)."""
+
     def validate(self, world_size: int = 1) -> "Config":
         self.model.validate()
         self.moe.validate(self.model)
         self.parallel.validate(world_size, self.model, self.moe)
         self.train.validate()
         self.data.validate()
+        self.checkpoint.validate()
+        self.logging.validate()
         dp = self.parallel.dp(world_size)
         if self.train.global_batch_size % (self.train.micro_batch_size * dp):
             raise ConfigError(f"train.global_batch_size={self.train.global_batch_size} is not divisible by "
@@ -425,7 +479,9 @@ class Config:
         return self
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out.pop("explicit", None)
+        return out
 
 
 # ------------------------------------------------------------------------------ loading/overrides
@@ -441,7 +497,7 @@ def _build(cls, values: Any, where: str):
         if name not in MODEL_PRESETS:
             raise ConfigError(f"unknown model preset {name!r}; known: {', '.join(MODEL_PRESETS)}")
         values = {**MODEL_PRESETS[name], **values}
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in values.items():
@@ -518,7 +574,24 @@ def merge(base: dict, extra: dict) -> dict:
 
 
 def config_from_dict(values: dict) -> Config:
-    return _build(Config, values, "config")
+    cfg = _build(Config, values, "config")
+    cfg.explicit = explicit_keys(values)
+    return cfg
+
+
+def explicit_keys(values: dict) -> set[str]:
+    """Dotted keys the user set (YAML + overrides) in the model and moe sections; a model preset counts as
+    setting every field it names. Used to refuse settings that a checkpoint's own config would override."""
+    out = set()
+    for section in ("model", "moe"):
+        sec = values.get(section) or {}
+        if not isinstance(sec, dict):
+            continue
+        keys = set(sec) - {"preset"}
+        if section == "model" and sec.get("preset") in MODEL_PRESETS:
+            keys |= set(MODEL_PRESETS[sec["preset"]])
+        out |= {f"{section}.{k}" for k in keys}
+    return out
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:

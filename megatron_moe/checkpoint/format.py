@@ -67,8 +67,21 @@ def apply_checkpoint_config(cfg: Config, path: str | Path) -> Config:
 
 
 def read_index(path: str | Path) -> dict:
+    """model/index.json: {"parts": {part: [tensor names]}, "dtype": str}; a malformed one is a CheckpointError.
+    Part names must be plain directory names inside model/ (no path tricks)."""
     p = resolve(path)
+    f = p / MODEL_DIR / INDEX
     try:
-        return json.loads((p / MODEL_DIR / INDEX).read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{p / MODEL_DIR / INDEX}: invalid JSON ({err.msg})") from None
+        index = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{f}: invalid JSON ({getattr(err, 'msg', err)})") from None
+    parts = index.get("parts") if isinstance(index, dict) else None
+    if not isinstance(parts, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(n, str) for n in v) for k, v in parts.items()):
+        raise CheckpointError(f"{f}: not a checkpoint index (needs 'parts': {{part: [tensor names]}})")
+    bad = [k for k in parts if not k or "/" in k or "\\" in k or k.startswith(".")]
+    if bad:
+        raise CheckpointError(f"{f}: part name {bad[0]!r} is not a directory inside {MODEL_DIR}/")
+    if not isinstance(index.get("dtype", "float32"), str):
+        raise CheckpointError(f"{f}: 'dtype' must be a string")
+    return index

@@ -14,8 +14,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from torch.distributed.checkpoint.api import CheckpointException
-
 from ..errors import CheckpointError
 from ..model.sharding import global_shape, splits_of
 from ..parallel import ParallelState
@@ -99,7 +97,7 @@ def save_model(model: nn.Module, ckpt_dir: str | Path, dtype: Optional[torch.dty
 
 
 @torch.no_grad()
-def load_model(model: nn.Module, path: str | Path, strict: bool = True, collective: Optional[bool] = None) -> None:
+def load_into(model: nn.Module, path: str | Path, strict: bool = True, collective: Optional[bool] = None) -> None:
     """Fill every local parameter/buffer of `model` with its slice of the checkpoint (any saved layout).
     `collective` (default: torch.distributed is up with >1 rank) must be False when one rank alone loads a
     single-process model inside a distributed job."""
@@ -117,15 +115,14 @@ def load_model(model: nn.Module, path: str | Path, strict: bool = True, collecti
         md = part_metadata(pdir)
         targets = {}
         for n in names:
+            if n not in md:
+                raise CheckpointError(f"{pdir}: part lacks {n!r}, which model/{INDEX} lists")
             want = global_shape(tensors[n])
             if md[n][0] != tuple(want):
                 raise CheckpointError(f"{pdir}: {n} has shape {md[n][0]} but the model expects {tuple(want)}")
             buf = torch.empty_like(tensors[n], dtype=md[n][1])
             targets[n] = as_global(buf, splits_of(tensors[n])) if collective else buf
-        try:
-            dcp_load(targets, pdir, no_dist=not collective)
-        except CheckpointException as err:
-            raise CheckpointError(f"{pdir}: unreadable checkpoint part ({str(err).splitlines()[0][:200]})") from None
+        dcp_load(targets, pdir, no_dist=not collective)
         for n in names:
             t = targets[n]
             local = t.to_local() if hasattr(t, "to_local") else t

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import json
-import os
+import pickle
 import shutil
 import warnings
 from pathlib import Path
@@ -18,8 +18,10 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
+from ..atomic import AtomicDir
 from ..errors import CheckpointError
 from .format import CONFIG, INDEX, MODEL_DIR, TOKENIZER_FILES, read_index, resolve
+from .safe_dcp import SafeFileSystemReader, read_metadata_file
 
 
 def part_of(name: str) -> str:
@@ -27,27 +29,6 @@ def part_of(name: str) -> str:
     if name.startswith("layers."):
         return f"layer_{int(name.split('.')[1]):03d}"
     return "embed" if name.startswith("embed.") else "final"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-    except OSError:
-        pass
-
-
-def _fsync_tree(path: Path) -> None:
-    """Flush every file under `path` (and the directories) to disk."""
-    for root, _, files in os.walk(path):
-        for f in files:
-            fd = os.open(os.path.join(root, f), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(root))
 
 
 def dcp_save(tensors: dict, path: Path, no_dist: bool, sync_files: bool = True, threads: int = 1) -> None:
@@ -59,16 +40,41 @@ def dcp_save(tensors: dict, path: Path, no_dist: bool, sync_files: bool = True, 
         dcp.save(tensors, storage_writer=writer, no_dist=no_dist)
 
 
+def dcp_failure(err: BaseException) -> str:
+    """The underlying cause of a DCP error in one line (DCP wraps per-rank exceptions in CheckpointException,
+    whose own message is only `ranks:dict_keys([0])`)."""
+    failures = getattr(err, "failures", None)
+    if failures:
+        exc = next(iter(failures.values()))
+        exc = exc[0] if isinstance(exc, tuple) else exc
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        return f"{type(exc).__name__}: {text}"[:240]
+    text = str(err).splitlines()[0] if str(err) else ""
+    return f"{type(err).__name__}: {text}"[:240]
+
+
 def dcp_load(targets: dict, path: Path, no_dist: bool) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dcp.load(targets, storage_reader=dcp.FileSystemReader(str(path)), no_dist=no_dist)
+    """Fill `targets` from the DCP part at `path`; metadata is read by the safe reader (checkpoint/safe_dcp.py).
+    Unreadable or mismatched data raise CheckpointError naming the part and the cause."""
+    part_metadata(path)  # refuses a crafted or truncated .metadata before DCP touches the part
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dcp.load(targets, storage_reader=SafeFileSystemReader(str(path)), no_dist=no_dist)
+    except CheckpointError:
+        raise
+    except (CheckpointException, OSError, RuntimeError, ValueError, KeyError, AssertionError,
+            pickle.UnpicklingError, EOFError) as err:
+        raise CheckpointError(f"{path}: unreadable checkpoint part ({dcp_failure(err)})") from None
 
 
 def part_metadata(path: Path) -> dict:
-    """name -> (shape, dtype) as stored in one DCP part."""
-    md = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
-    return {k: (tuple(v.size), v.properties.dtype) for k, v in md.items() if hasattr(v, "size")}
+    """name -> (shape, dtype) as stored in one DCP part (read with the allow-listed unpickler)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: checkpoint part is missing")
+    md = read_metadata_file(path / ".metadata").state_dict_metadata
+    return {k: (tuple(v.size), v.properties.dtype) for k, v in md.items()}
 
 
 def copy_tokenizer(src_dir: str | Path, writer) -> list[str]:
@@ -83,18 +89,14 @@ def copy_tokenizer(src_dir: str | Path, writer) -> list[str]:
 
 
 class CheckpointWriter:
-    """Write a checkpoint part by part into `.NAME.tmp-PID` next to `save_dir`; rename when complete."""
+    """Write a checkpoint part by part into a temporary directory (megatron_moe.atomic.AtomicDir) and rename it
+    to `save_dir` when complete; on any failure nothing is left behind."""
 
     def __init__(self, save_dir: str | Path, config: dict, overwrite: bool = False):
-        self.final = Path(save_dir)
-        if self.final.exists() and not overwrite:
-            raise CheckpointError(f"{self.final} already exists; choose another --save or remove it")
-        self.tmp = self.final.parent / f".{self.final.name}.tmp-{os.getpid()}"
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        (self.tmp / MODEL_DIR).mkdir(parents=True)
+        self._dir = AtomicDir(save_dir, overwrite)
+        self.final, self.tmp = self._dir.final, self._dir.tmp
+        (self.tmp / MODEL_DIR).mkdir()
         self.config, self.parts, self.dtype = config, {}, None
-        self.overwrite = overwrite
 
     def add_part(self, part: str, tensors: dict[str, torch.Tensor]) -> None:
         if part in self.parts:
@@ -113,19 +115,11 @@ class CheckpointWriter:
 
     def commit(self) -> Path:
         (self.tmp / MODEL_DIR / INDEX).write_text(json.dumps({"parts": self.parts, "dtype": self.dtype}, indent=1))
-        _fsync_tree(self.tmp)  # everything durable before config.json marks the checkpoint complete
-        with open(self.tmp / CONFIG, "w") as f:
-            f.write(json.dumps(self.config, indent=1))
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(self.tmp)
-        if self.final.exists() and self.overwrite:
-            shutil.rmtree(self.final)
-        os.replace(self.tmp, self.final)
-        return self.final
+        (self.tmp / CONFIG).write_text(json.dumps(self.config, indent=1))
+        return self._dir.commit()
 
     def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._dir.abort()
 
     def __enter__(self):
         return self
@@ -153,12 +147,12 @@ def iter_tensors(path: str | Path, names: Optional[Iterable[str]] = None,
         if not sel:
             continue
         pdir = ckpt / MODEL_DIR / part
-        try:
-            md = part_metadata(pdir)
-            targets = {n: torch.empty(md[n][0], dtype=md[n][1]) for n in sel}
-            dcp_load(targets, pdir, no_dist=True)
-        except (OSError, KeyError, RuntimeError, ValueError, CheckpointException) as err:
-            raise CheckpointError(f"{pdir}: unreadable checkpoint part ({str(err).splitlines()[0][:200]})") from None
+        md = part_metadata(pdir)
+        absent = [n for n in sel if n not in md]
+        if absent:
+            raise CheckpointError(f"{pdir}: part lacks {absent[0]!r}, which model/{INDEX} lists")
+        targets = {n: torch.empty(md[n][0], dtype=md[n][1]) for n in sel}
+        dcp_load(targets, pdir, no_dist=True)
         for n in sel:
             yield n, targets[n] if dtype is None else targets[n].to(dtype)
     if wanted is not None:

@@ -246,7 +246,7 @@ def verify_conversion(load: str | Path, save: str | Path, seed: int = 0) -> floa
     checkpoints use verify_streamed."""
     import json
 
-    from ..checkpoint import load_model, read_config, read_tensors
+    from ..checkpoint import load_into, read_config, read_tensors
     from ..config import Config
     from ..model import build_model
     from .dense import load_dense_into_model
@@ -259,7 +259,7 @@ def verify_conversion(load: str | Path, save: str | Path, seed: int = 0) -> floa
     cfg_moe = Config()
     cfg_moe.model, cfg_moe.moe, _ = read_config(save)
     moe = build_model(cfg_moe).eval()
-    load_model(moe, save)
+    load_into(moe, save)
     dtype = read_tensors(save, ["norm.weight"])["norm.weight"].dtype
     for p in dense.parameters():
         p.copy_(p.to(dtype).float())

@@ -14,7 +14,8 @@ from .dense import open_dense
 
 
 
-def import_dense(load: str | Path, save: str | Path, dtype: Optional[torch.dtype] = None) -> Path:
+def import_dense(load: str | Path, save: str | Path, dtype: Optional[torch.dtype] = None,
+                 progress: bool = True) -> Path:
     """Convert tensor by tensor, one part (layer) in memory at a time. Returns the checkpoint path."""
     reader = open_dense(load)
     cfg = reader.config
@@ -22,7 +23,7 @@ def import_dense(load: str | Path, save: str | Path, dtype: Optional[torch.dtype
     for n in reader.names():
         parts.setdefault(part_of(n), []).append(n)
     with CheckpointWriter(save, config_dict(cfg, MoEConfig(), {"source": str(load)})) as w:
-        for part, names in tqdm(parts.items(), desc="import", unit="part"):
+        for part, names in tqdm(parts.items(), desc="import", unit="part", disable=not progress):
             w.add_part(part, {n: reader.get(n).to(dtype or torch.float32) for n in names})
         copy_tokenizer(load, w)
     return Path(save)

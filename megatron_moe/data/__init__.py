@@ -6,7 +6,8 @@ import importlib
 
 _EXPORTS = {
     "MultiDomainData": "multidomain", "RankBatch": "multidomain",
-    "DomainDataset": "dataset", "open_indexed": "dataset",
+    "DomainDataset": "dataset", "open_indexed": "indexed", "check_vocab": "indexed",
+    "max_token_id": "indexed",
     "DomainSampler": "sampler", "sheared_update": "sampler", "paper_update": "sampler",
     "DataError": "presets", "WEIGHT_PRESETS": "presets", "REF_LOSS_PRESETS": "presets",
     "preset_weights": "presets", "resolve_weights": "presets", "resolve_ref_losses": "presets",

@@ -17,13 +17,13 @@ tokenizer object, and split by contiguous document ranges; domain sampling here 
 from __future__ import annotations
 
 import logging
-import os
 import zlib
 from typing import Optional, Sequence
 
 import numpy as np
 
-from megatron_moe.data._mcore import IndexedDataset, get_bin_path, get_idx_path, mcore_helpers
+from megatron_moe.data._mcore import mcore_helpers
+from megatron_moe.data.indexed import open_indexed  # noqa: F401  (re-exported)
 from megatron_moe.data.presets import DataError
 
 log = logging.getLogger(__name__)
@@ -34,17 +34,6 @@ _EPOCH_STREAM = 0xE90C
 
 def _name_key(name: str) -> int:
     return zlib.crc32(name.encode("utf-8"))
-
-
-def open_indexed(prefix: str) -> IndexedDataset:
-    """megatron-core IndexedDataset for `prefix`; DataError if its .bin/.idx are missing or unreadable."""
-    for path in (get_idx_path(prefix), get_bin_path(prefix)):
-        if not os.path.isfile(path):
-            raise DataError(f"indexed dataset file {path} does not exist (run tools/preprocess_data.py)")
-    try:
-        return IndexedDataset(prefix)
-    except Exception as err:  # the reader raises asserts / struct errors on corrupt files
-        raise DataError(f"indexed dataset {prefix} is not readable: {type(err).__name__}: {err}") from None
 
 
 class PackedSplit:

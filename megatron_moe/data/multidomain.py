@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Optional
 
 import numpy as np
 import torch
 
 from megatron_moe.config import DataConfig
 from megatron_moe.data.dataset import DomainDataset
+from megatron_moe.data.indexed import check_batch
 from megatron_moe.data.presets import DataError, resolve_ref_losses, resolve_weights
 from megatron_moe.data.sampler import DomainSampler, paper_update, sheared_update
 
@@ -49,6 +50,8 @@ class RankBatch:
     """LongTensor [n]: index into MultiDomainData.domain_names of each sequence."""
     global_domain_counts: dict
     """{domain: sequences of the whole global batch drawn from it} (for logging)."""
+    first_sample: int = 0
+    """Position of this rank's first sequence in the global batch (sequence i is global sample first_sample + i)."""
 
     def micro_batches(self, micro_batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(tokens [B, seq_len + 1], domain_ids [B]) in order, B = micro_batch_size."""
@@ -62,8 +65,10 @@ class RankBatch:
 class MultiDomainData:
     """Datasets of all configured domains plus the global domain sampler; see the module docstring."""
 
-    def __init__(self, cfg: DataConfig, global_batch_size: int, dp_rank: int = 0, dp_size: int = 1):
+    def __init__(self, cfg: DataConfig, global_batch_size: int, dp_rank: int = 0, dp_size: int = 1,
+                 vocab_size: Optional[int] = None):
         cfg.validate()
+        self.vocab_size = vocab_size  # when given, every batch is checked against it (data.indexed.check_batch)
         if not cfg.domains:
             raise DataError("data.domains is empty; configure at least one domain with its dataset prefixes")
         if dp_size < 1 or not 0 <= dp_rank < dp_size or global_batch_size % dp_size:
@@ -109,15 +114,17 @@ class MultiDomainData:
         n = self.global_batch_size // self.dp_size
         lo = self.dp_rank * n
         rows = [self.domains[d].train.sample(k) for d, k in zip(domain_G[lo:lo + n], index_G[lo:lo + n])]
+        tokens = np.stack(rows)
+        if self.vocab_size is not None:
+            check_batch(tokens, self.vocab_size, f"training batch of step {step + 1} (domains "
+                        f"{sorted({self.domain_names[d] for d in domain_G[lo:lo + n]})})")
         counts = np.bincount(domain_G, minlength=len(self.domains))
-        return RankBatch(step=step, tokens=torch.from_numpy(np.stack(rows)),
+        return RankBatch(step=step, tokens=torch.from_numpy(tokens),
                          domain_ids=torch.from_numpy(domain_G[lo:lo + n].copy()),
-                         global_domain_counts={n_: int(c) for n_, c in zip(self.domain_names, counts)})
+                         global_domain_counts={n_: int(c) for n_, c in zip(self.domain_names, counts)},
+                         first_sample=lo)
 
     # ---------------------------------------------------------------------------------- validation
-    def num_valid_samples(self, domain: str) -> int:
-        return self._domain(domain).valid.samples_per_epoch
-
     def valid_batches(self, domain: str, num_batches: int, batch_size: int,
                       sliced: bool = True) -> Iterator[torch.Tensor]:
         """Validation batches of `domain` as LongTensor [B, seq_len + 1]; see the module docstring."""
@@ -135,7 +142,10 @@ class MultiDomainData:
         lo = self.dp_rank * n if sliced else 0
         for b in range(num_batches):
             ks = [(b * batch_size + lo + i) % split.samples_per_epoch for i in range(n)]
-            yield torch.from_numpy(np.stack([split.sample(k) for k in ks]))
+            tokens = np.stack([split.sample(k) for k in ks])
+            if self.vocab_size is not None:
+                check_batch(tokens, self.vocab_size, f"validation batch of domain {domain}")
+            yield torch.from_numpy(tokens)
 
     def _domain(self, name: str) -> DomainDataset:
         if name not in self.domain_names:

@@ -11,7 +11,10 @@
   byte-identical for any worker count.
 - Bad lines (malformed JSON, not an object, missing key, non-string text, invalid UTF-8) raise
   `PreprocessError("FILE:LINE: ...")`, or with `skip_bad_lines` are skipped and counted in the stats.
-- Output is written under a temporary name and renamed when complete; on error the temporaries are removed.
+- Output: an existing dataset at the prefix is refused unless `overwrite`. Both files are written under temporary
+  names; then (overwrite only) the old PREFIX.idx is removed, PREFIX.bin is renamed into place and PREFIX.idx
+  last, so a reader sees the complete new pair or no dataset, never a new .bin with an old .idx (readers also
+  check that the pair's sizes agree, data/indexed.py). On error the temporaries are removed.
 """
 from __future__ import annotations
 
@@ -31,13 +34,15 @@ from tqdm import tqdm
 
 from megatron_moe.data._mcore import DType, IndexedDatasetBuilder, get_bin_path, get_idx_path
 from megatron_moe.data.tokenizer import Tokenizer, load_tokenizer
+from megatron_moe.atomic import check_output, fsync_dir, fsync_file
+from megatron_moe.errors import UserError
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("auto", "jsonl", "txt")
 
 
-class PreprocessError(ValueError):
+class PreprocessError(UserError, ValueError):
     """Input that cannot be tokenized; the message is one line naming the file (and line)."""
 
 
@@ -156,7 +161,7 @@ def _input_format(path: Path, input_format: str) -> str:
 def preprocess_files(inputs: Sequence[str | Path], tokenizer: str | Path, output_prefix: str | Path,
                      text_key: str = "text", input_format: str = "auto", workers: int = 1,
                      append_eos: bool = False, skip_bad_lines: bool = False, chunk_lines: int = 128,
-                     progress: bool = True) -> PreprocessStats:
+                     progress: bool = True, overwrite: bool = False) -> PreprocessStats:
     """Tokenize `inputs` (in order) into the indexed dataset `output_prefix`.{bin,idx}; see the module doc."""
     paths = [Path(p) for p in inputs]
     if not paths:
@@ -170,6 +175,10 @@ def preprocess_files(inputs: Sequence[str | Path], tokenizer: str | Path, output
     if append_eos and tok.eos_id is None:
         raise PreprocessError(f"tokenizer {tokenizer} has no EOS token but --append-eos was given")
     prefix = str(output_prefix)
+    existing = [p for p in (get_bin_path(prefix), get_idx_path(prefix)) if os.path.exists(p)]
+    if existing and not overwrite:
+        raise PreprocessError(f"{existing[0]} already exists; choose another --save prefix or pass --overwrite")
+    check_output(prefix + ".bin", overwrite=True)  # the directory is writable (or can be created)
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{prefix}.tmp-{os.getpid()}"
     stats = PreprocessStats(output_prefix=prefix)
@@ -208,8 +217,13 @@ def preprocess_files(inputs: Sequence[str | Path], tokenizer: str | Path, output
             raise PreprocessError(f"{names}: empty input (no documents"
                                   + (f"; {stats.bad_lines} bad lines skipped)" if stats.bad_lines else ")"))
         builder.finalize(get_idx_path(tmp))
+        for path in (get_bin_path(tmp), get_idx_path(tmp)):
+            fsync_file(path)
+        if os.path.exists(get_idx_path(prefix)):
+            os.remove(get_idx_path(prefix))          # the old pair stops being a dataset first
         os.replace(get_bin_path(tmp), get_bin_path(prefix))
-        os.replace(get_idx_path(tmp), get_idx_path(prefix))
+        os.replace(get_idx_path(tmp), get_idx_path(prefix))  # the commit point
+        fsync_dir(Path(prefix).parent)
         finished = True
     finally:
         if not builder.data_file.closed:

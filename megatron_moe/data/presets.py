@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from megatron_moe.config import DataConfig
+from megatron_moe.errors import UserError
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Data that cannot be used as configured; the message is one line naming the domain / file / values."""
 
 

@@ -17,6 +17,9 @@ import random
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from ..atomic import write_bytes_atomic
+from .tokenizer import TokenizerError
+
 log = logging.getLogger(__name__)
 
 
@@ -59,10 +62,8 @@ def train_sentencepiece(texts: Iterable[str], out_path: str | Path, vocab_size: 
             num_threads=max(1, min(4, os.cpu_count() or 1)), minloglevel=2,
         )
     except RuntimeError as err:
-        raise ValueError(f"sentencepiece training for {out_path} failed: {str(err).splitlines()[0]}") from None
-    tmp = out_path.with_name(out_path.name + f".tmp-{os.getpid()}")
-    tmp.write_bytes(model.getvalue())
-    os.replace(tmp, out_path)
+        raise TokenizerError(f"sentencepiece training for {out_path} failed: {str(err).splitlines()[0]}") from None
+    write_bytes_atomic(out_path, model.getvalue())
     log.info("wrote sentencepiece model %s (vocab %d)", out_path, vocab_size)
     return out_path
 

@@ -13,11 +13,13 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from ..errors import UserError
+
 _BOS_NAMES = ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>", "<|endoftext|>")
 _EOS_NAMES = ("</s>", "<|end_of_text|>", "<eos>", "<|endoftext|>", "<|im_end|>")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """A tokenizer path that is missing, unreadable, or lacks a BOS token; one line naming the path."""
 
 

@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 from ..checkpoint.store import copy_tokenizer  # noqa: F401  (re-exported for export/*)
+from ..atomic import AtomicDir
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
@@ -32,17 +33,13 @@ class ExportError(UserError):
 
 class HFWriter:
     """Accumulate tensors into shards of at most `max_shard_bytes`; write `model.safetensors` (one shard) or
-    `model-0000i-of-0000n.safetensors` + index. Everything goes to a temporary directory renamed at the end."""
+    `model-0000i-of-0000n.safetensors` + index, inside a megatron_moe.atomic.AtomicDir (fsynced, renamed when
+    complete, removed on any failure)."""
 
     def __init__(self, save_dir: str | Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES, overwrite: bool = False):
-        self.final = Path(save_dir)
-        if self.final.exists() and not overwrite:
-            raise ExportError(f"{self.final} already exists; choose another --save or remove it")
-        self.tmp = self.final.parent / f".{self.final.name}.tmp-{os.getpid()}"
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir(parents=True)
-        self.max_shard_bytes, self.overwrite = max_shard_bytes, overwrite
+        self._dir = AtomicDir(save_dir, overwrite)
+        self.final, self.tmp = self._dir.final, self._dir.tmp
+        self.max_shard_bytes = max_shard_bytes
         self._pending: dict[str, torch.Tensor] = {}
         self._pending_bytes = 0
         self._shards: list[list[str]] = []   # names per written shard
@@ -86,20 +83,21 @@ class HFWriter:
                 weight_map.update({k: fname for k in names})
             self.write_json(SAFE_INDEX, {"metadata": {"total_size": self._total_bytes},
                                          "weight_map": dict(sorted(weight_map.items()))})
-        if self.final.exists() and self.overwrite:
-            shutil.rmtree(self.final)
-        os.replace(self.tmp, self.final)
-        return self.final
+        return self._dir.commit()
 
     def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._dir.abort()
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
-            self.commit()
+            try:
+                self.commit()
+            except BaseException:
+                self.abort()
+                raise
         else:
             self.abort()
         return False
@@ -215,16 +213,7 @@ class HFTensors:
 
 
 def iter_checkpoint(ckpt: Path, dtype: Optional[torch.dtype] = None):
-    """checkpoint.iter_tensors part by part, turning DCP's CheckpointException (a BaseException that the
-    store does not catch) into a CheckpointError naming the unreadable part."""
-    from torch.distributed.checkpoint.api import CheckpointException
+    """checkpoint.iter_tensors, one part at a time."""
+    from ..checkpoint import iter_tensors
 
-    from ..checkpoint import iter_tensors, read_index
-    from ..errors import CheckpointError
-
-    for part, names in read_index(ckpt)["parts"].items():
-        try:
-            yield from iter_tensors(ckpt, names, dtype=dtype)
-        except CheckpointException as err:
-            first = [ln for ln in str(err).splitlines() if ln.strip()][-1][:200]
-            raise CheckpointError(f"{ckpt / 'model' / part}: unreadable checkpoint part ({first})") from None
+    yield from iter_tensors(ckpt, dtype=dtype)

@@ -9,7 +9,7 @@ one rank, so single-process code paths stay collective-free.
     scatter_seq(x, group, dim)                    fwd: keep own chunk; bwd: all-gather
     reduce_scatter_seq(x, group, dim)             fwd: sum then keep own chunk; bwd: all-gather
     all_reduce_sum(x, group)                      fwd: all-reduce; bwd: identity
-    copy_to_group(x, group)                       fwd: identity; bwd: all-reduce
+Outside autograd: all_reduce_ (in place), broadcast_, barrier, all_gather_object, is_distributed, world_group.
 """
 from __future__ import annotations
 
@@ -112,19 +112,6 @@ class _AllReduceSum(torch.autograd.Function):
         return grad, None
 
 
-class _CopyToGroup(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return x
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, group=ctx.group)
-        return grad, None
-
-
 def _a2a(x: torch.Tensor, out_splits: Sequence[int], in_splits: Sequence[int], group: Group) -> torch.Tensor:
     x = x.contiguous()
     out = x.new_empty((int(sum(out_splits)),) + tuple(x.shape[1:]))
@@ -169,8 +156,35 @@ def all_reduce_sum(x: torch.Tensor, group: Group) -> torch.Tensor:
     return x if group_size(group) == 1 else _AllReduceSum.apply(x, group)
 
 
-def copy_to_group(x: torch.Tensor, group: Group) -> torch.Tensor:
-    return x if group_size(group) == 1 else _CopyToGroup.apply(x, group)
+def is_distributed() -> bool:
+    """torch.distributed is up with more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_group() -> Group:
+    """The default group of a multi-rank job, None in a world of one."""
+    return dist.group.WORLD if is_distributed() else None
+
+
+def all_reduce_(x: torch.Tensor, group: Group, op: str = "sum") -> torch.Tensor:
+    """In-place all-reduce (sum or max) outside autograd; identity for None or a group of one. Returns x.
+    `world_group()` reduces over every rank."""
+    if group is None or group_size(group) == 1:
+        return x
+    dist.all_reduce(x, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM, group=group)
+    return x
+
+
+def broadcast_(x: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """In-place broadcast from global rank `src` to every rank (identity in a world of one)."""
+    if is_distributed():
+        dist.broadcast(x, src=src)
+    return x
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
 
 
 def all_gather_object(obj, group: Group) -> list:

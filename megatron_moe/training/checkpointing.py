@@ -26,16 +26,16 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from ..checkpoint import as_global, config_dict, load_model, resolve, save_model
+from ..checkpoint import as_global, config_dict, load_into, resolve, save_model
 from ..checkpoint.format import CARRIED_FILES, CONFIG, LATEST
 from ..checkpoint.store import dcp_load, dcp_save, part_metadata
 from ..config import Config
 from ..errors import CheckpointError
 from ..model.sharding import global_shape, splits_of
-from ..parallel import ParallelState, all_gather_object
+from ..atomic import write_text_atomic
+from ..parallel import ParallelState, all_gather_object, barrier, is_distributed, world_group
 from .optimizer import TrainOptimizer
 from .rng import get_rng_state, set_rng_state
 
@@ -43,19 +43,6 @@ log = logging.getLogger(__name__)
 
 OPTIMIZER_DIR, TRAINER_STATE = "optimizer", "trainer_state.json"
 STEP_RE = re.compile(r"^step_(\d+)$")
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _barrier() -> None:
-    if _distributed():
-        dist.barrier()
-
-
-def _world_group():
-    return dist.group.WORLD if _distributed() else None
 
 
 def checkpoint_name(step: int) -> str:
@@ -88,7 +75,7 @@ def save_optimizer(opt: TrainOptimizer, path: Path) -> None:
         sd[f"{name}.exp_avg"] = as_global(st["exp_avg"].detach().contiguous(), splits)
         sd[f"{name}.exp_avg_sq"] = as_global(st["exp_avg_sq"].detach().contiguous(), splits)
         sd[f"{name}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).detach().reshape(1).cpu()
-    dcp_save(sd, path, no_dist=not _distributed())
+    dcp_save(sd, path, no_dist=not is_distributed())
 
 
 @torch.no_grad()
@@ -106,7 +93,7 @@ def load_optimizer(opt: TrainOptimizer, path: Path) -> int:
         for suffix in ("exp_avg", "exp_avg_sq"):
             targets[f"{name}.{suffix}"] = as_global(torch.empty_like(p, dtype=torch.float32), splits_of(p))
         targets[f"{name}.step"] = torch.empty(1, dtype=torch.float32)
-    dcp_load(targets, path, no_dist=not _distributed())
+    dcp_load(targets, path, no_dist=not is_distributed())
 
     def fetch(name: str, p: torch.Tensor) -> Optional[dict]:
         if f"{name}.exp_avg" not in targets:
@@ -132,11 +119,11 @@ def save_checkpoint(run_dir: str | Path, cfg: Config, model: nn.Module, opt: Opt
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-    _barrier()
+    barrier()
     save_model(model, tmp)
     if opt is not None:
         save_optimizer(opt, tmp / OPTIMIZER_DIR)
-    rng = all_gather_object(get_rng_state(), _world_group())
+    rng = all_gather_object(get_rng_state(), world_group())
     if ps.is_main:
         state = dict(trainer_state, rng=rng, world_size=ps.world_size,
                      layout={"tp": ps.tp_size, "dp": ps.dp_size, "ep": ps.ep_size, "etp": ps.etp_size,
@@ -147,10 +134,10 @@ def save_checkpoint(run_dir: str | Path, cfg: Config, model: nn.Module, opt: Opt
         if final.exists():  # a re-save of the same step (e.g. after resuming from it)
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _write_text_atomic(root / LATEST, final.name)
+        write_text_atomic(root / LATEST, final.name)
         _prune(root, keep_last, keep=final)
         log.info("saved checkpoint %s", final)
-    _barrier()
+    barrier()
     return final
 
 
@@ -173,16 +160,7 @@ def _carry_files(cfg: Config, dest: Path) -> None:
 
 
 def _write_json(path: Path, obj) -> None:
-    _write_text_atomic(path, json.dumps(obj, indent=1))
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 def _prune(root: Path, keep_last: int, keep: Path) -> None:
@@ -199,9 +177,12 @@ def read_trainer_state(ckpt: Path) -> dict:
         raise CheckpointError(f"{ckpt}: no {TRAINER_STATE}; not a trainer checkpoint (use checkpoint.load for "
                               f"weights only)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: invalid JSON ({err.msg})") from None
+        state = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: invalid JSON ({getattr(err, 'msg', err)})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a trainer state (expected a JSON object)")
+    return state
 
 
 def load_checkpoint(ckpt: str | Path, model: nn.Module, opt: Optional[TrainOptimizer],
@@ -210,7 +191,7 @@ def load_checkpoint(ckpt: str | Path, model: nn.Module, opt: Optional[TrainOptim
     A different world size restores no RNG state (the caller reseeds) and logs it."""
     ckpt = resolve(ckpt)
     state = read_trainer_state(ckpt)
-    load_model(model, ckpt)
+    load_into(model, ckpt)
     if opt is not None and (ckpt / OPTIMIZER_DIR).is_dir():
         n = load_optimizer(opt, ckpt / OPTIMIZER_DIR)
         log.info("optimizer state restored for %d parameters", n)
@@ -219,7 +200,11 @@ def load_checkpoint(ckpt: str | Path, model: nn.Module, opt: Optional[TrainOptim
     rng = state.get("rng") or []
     same_layout = state.get("world_size") == ps.world_size and len(rng) == ps.world_size
     if same_layout:
-        set_rng_state(rng[ps.rank])
+        try:
+            set_rng_state(rng[ps.rank])
+        except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as err:
+            raise CheckpointError(f"{ckpt / TRAINER_STATE}: unusable RNG state ({type(err).__name__}: "
+                                  f"{str(err).splitlines()[0] if str(err) else ''})") from None
     state["rng_restored"] = same_layout
     log.info("resumed from %s at step %d (saved layout %s)", ckpt, state["step"], state.get("layout"))
     return state

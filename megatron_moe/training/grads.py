@@ -17,13 +17,12 @@ The partial squared sums are all-reduced over the whole world, so every rank get
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional
+from typing import Iterable
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from ..parallel import ParallelState
+from ..parallel import ParallelState, all_reduce_, world_group
 
 BUCKET_ELEMS = 2 ** 25
 
@@ -44,7 +43,7 @@ def _all_reduce_flat(grads: list[torch.Tensor], group, scale: float) -> None:
         size += g.numel()
     for bucket in buckets:
         flat = torch.cat([g.reshape(-1) for g in bucket])
-        dist.all_reduce(flat, group=group)
+        all_reduce_(flat, group)
         if scale != 1.0:
             flat.mul_(scale)
         off = 0
@@ -90,8 +89,8 @@ def global_grad_norm(model: nn.Module, ps: ParallelState) -> float:
     if mine:
         norms = torch._foreach_norm([g.float() for g in mine])
         total = total + torch.stack(norms).double().pow(2).sum()
-    if ps.world_size > 1 and dist.is_initialized():
-        dist.all_reduce(total)
+    if ps.world_size > 1:
+        all_reduce_(total, world_group())
     return float(total.sqrt())
 
 
@@ -112,12 +111,3 @@ def zero_missing_grads(params: Iterable[torch.Tensor]) -> None:
     for p in params:
         if p.requires_grad and p.grad is None:
             p.grad = torch.zeros_like(p)
-
-
-def loss_all_reduce_mean(value: torch.Tensor, group: Optional[dist.ProcessGroup], size: int) -> torch.Tensor:
-    """Mean of a scalar over a group (for logging the global loss)."""
-    if size == 1:
-        return value
-    out = value.detach().clone()
-    dist.all_reduce(out, group=group)
-    return out / size

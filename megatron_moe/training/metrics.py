@@ -66,6 +66,17 @@ def memory_stats(device: torch.device) -> dict:
         return {}
 
 
+def strict_json(value):
+    """The record with every non-finite float replaced by None (JSON null)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def _flatten(record: dict, prefix: str = "") -> dict[str, float]:
     out = {}
     for key, value in record.items():
@@ -78,16 +89,21 @@ def _flatten(record: dict, prefix: str = "") -> dict[str, float]:
 
 
 class MetricsWriter:
-    """Sinks for one run; every method is a no-op on ranks other than 0 (`enabled=False`)."""
+    """Sinks for one run; every method is a no-op on ranks other than 0 (`enabled=False`). Nothing is created in
+    the run directory until the first record is logged (a job that fails at start-up leaves no empty files).
+
+    metrics.jsonl holds strict JSON: a non-finite number (the loss of a skipped step) is written as null."""
 
     def __init__(self, run_dir: str | Path, cfg: Config, enabled: bool = True):
         self.enabled = enabled
         self.run_dir = Path(run_dir)
+        self.cfg = cfg
         self.total_steps = cfg.train.train_steps
         self.tb = self.wandb = None
         self._file = None
-        if not enabled:
-            return
+
+    def _open(self) -> None:
+        cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._file = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
         if cfg.logging.tensorboard:
@@ -117,7 +133,9 @@ class MetricsWriter:
         """Append one JSON object to metrics.jsonl, send numeric leaves to TensorBoard/wandb, print a line."""
         if not self.enabled:
             return
-        self._file.write(json.dumps(record, allow_nan=True) + "\n")
+        if self._file is None:
+            self._open()
+        self._file.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
         step = int(record.get("step", 0))
         flat = _flatten({k: v for k, v in record.items() if k != "step"})
         if self.tb is not None:

@@ -1,45 +1,61 @@
-"""What the trainer needs from the MoE layers: the loss scale of a micro-batch, the once-per-step expert-bias
-update of the sigmoid router, and the per-layer statistics (aux/z loss, tokens per expert) for logging.
+"""What the trainer tells the MoE layers, and what it reads back from them.
 
-Each MoE layer exposes `last_stats` = {aux_loss, z_loss, tokens_per_expert [E], load_cv} after a forward.
+Per micro-batch: the loss scale of its aux/z gradient (1 / micro-batches) and the router-noise context
+(model/moe/noise.py). Per step: the global-batch balance pre-pass (model/moe/balance.py) and the expert-bias
+update of sigmoid routers. After each forward: `layer.last_stats` = {aux_loss, z_loss, tokens_per_expert [E],
+load_cv, max_vio}, accumulated over the step's micro-batches by `MoEStats`.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..parallel import ParallelState
+from ..model.moe import MoELayer
+from ..model.moe.noise import NoiseContext, step_key
 
 
-def moe_layers(model: nn.Module) -> list[nn.Module]:
-    fn = getattr(model, "moe_layers", None)
-    return list(fn()) if fn is not None else []
+def moe_layers(model: nn.Module) -> list[MoELayer]:
+    return [m for m in model.modules() if isinstance(m, MoELayer)]
 
 
-def set_loss_scale(model: nn.Module, scale: float) -> None:
-    """Tell every MoE layer the factor its aux/z losses enter the gradient with (1 / micro-batches)."""
-    for layer in moe_layers(model):
-        if hasattr(layer, "set_loss_scale"):
-            layer.set_loss_scale(scale)
-        else:
-            layer.loss_scale = scale
+def set_loss_scale(layers: list[MoELayer], scale: float) -> None:
+    for layer in layers:
+        layer.set_loss_scale(scale)
 
 
-@torch.no_grad()
-def after_optimizer_step(model: nn.Module) -> None:
-    """Once per optimizer step: the aux-loss-free expert-bias update of sigmoid routers."""
-    for layer in moe_layers(model):
-        fn = getattr(layer, "update_expert_bias", None) or getattr(getattr(layer, "router", None),
-                                                                    "update_expert_bias", None)
-        if fn is not None:
-            fn()
+def set_noise_context(layers: list[MoELayer], seed: int, step: int, first_sample: int) -> None:
+    """Noise of the micro-batch whose first sequence is global sample `first_sample` of optimizer step `step`."""
+    ctx = NoiseContext(step_key(seed, step), first_sample)
+    for layer in layers:
+        layer.noise_context = ctx
+
+
+def start_balance_collect(layers: list[MoELayer]) -> None:
+    for layer in layers:
+        layer.balance.start_collect()
+
+
+def finish_balance_collect(layers: list[MoELayer]) -> None:
+    """After the no-gradient pass: each layer's loss value and gradient at the step's global sums."""
+    for layer in layers:
+        layer.balance.finalize(layer.router.losses, layer.cfg.aux_loss_coeff, layer.cfg.z_loss_coeff)
+
+
+def end_step(layers: list[MoELayer], taken: bool) -> None:
+    """Once per optimizer step, after AdamW (`taken`) or a skipped step: sigmoid routers update their expert bias
+    (taken steps only); the balance state resets."""
+    with torch.no_grad():
+        for layer in layers:
+            if taken:
+                layer.update_expert_bias()
+            layer.balance.reset()
 
 
 class MoEStats:
-    """Accumulates per-layer aux loss and tokens per expert over the micro-batches of one step."""
+    """Per-layer aux loss, z loss and tokens per expert accumulated over the micro-batches of one step."""
 
-    def __init__(self, model: nn.Module):
-        self.layers = moe_layers(model)
+    def __init__(self, layers: list[MoELayer]):
+        self.layers = layers
         self.reset()
 
     def reset(self) -> None:
@@ -51,28 +67,29 @@ class MoEStats:
     def collect(self) -> None:
         self.micro += 1
         for i, layer in enumerate(self.layers):
-            st = getattr(layer, "last_stats", None) or {}
-            self.aux[i] += float(st.get("aux_loss", 0.0))
-            self.z[i] += float(st.get("z_loss", 0.0))
-            tpe = st.get("tokens_per_expert")
-            if tpe is not None:
-                tpe = torch.as_tensor(tpe).detach().double().cpu()
-                self.load[i] = tpe if self.load[i] is None else self.load[i] + tpe
+            st = layer.last_stats
+            self.aux[i] += float(st["aux_loss"])
+            self.z[i] += float(st["z_loss"])
+            tpe = st["tokens_per_expert"].detach().double().cpu()
+            self.load[i] = tpe if self.load[i] is None else self.load[i] + tpe
 
-    def summary(self, ps: ParallelState) -> dict:
-        """{aux_loss, z_loss, expert_load: {layer_i: {min, max, cv}}}. The layers report global statistics (already
-        reduced over the ranks holding different tokens); loads are fractions of routed assignments summed over
-        the step's micro-batches, so min = max = 1/E is perfect balance."""
+    def summary(self) -> dict:
+        """{aux_loss, z_loss, expert_load: {layer_i: {aux_loss, z_loss, min, max, cv, max_vio}}}: losses are means
+        over the step's micro-batches (sums over layers at the top level); loads are fractions of the step's
+        routed assignments (global: already reduced over the ranks holding different tokens), so
+        min = max = 1/E and cv = max_vio = 0 is perfect balance."""
         if not self.layers:
             return {}
         n = max(1, self.micro)
-        aux, z = sum(self.aux) / n, sum(self.z) / n
-        out = {"aux_loss": aux, "z_loss": z, "expert_load": {}}
-        loads = [ld for ld in self.load if ld is not None]
-        for layer, ld in zip(self.layers, loads):
+        out = {"aux_loss": sum(self.aux) / n, "z_loss": sum(self.z) / n, "expert_load": {}}
+        for i, layer in enumerate(self.layers):
+            ld = self.load[i]
+            if ld is None:
+                continue
             frac = ld / ld.sum().clamp(min=1)
-            cv = float(frac.std(unbiased=False) / frac.mean()) if frac.mean() > 0 else 0.0
-            idx = getattr(layer, "layer_idx", None)
-            key = f"layer_{idx if idx is not None else self.layers.index(layer)}"
-            out["expert_load"][key] = {"min": float(frac.min()), "max": float(frac.max()), "cv": cv}
+            mean = float(frac.mean())
+            out["expert_load"][f"layer_{layer.layer_idx}"] = {
+                "aux_loss": self.aux[i] / n, "z_loss": self.z[i] / n, "min": float(frac.min()),
+                "max": float(frac.max()), "cv": float(frac.std(unbiased=False)) / mean if mean > 0 else 0.0,
+                "max_vio": float(frac.max()) / mean - 1.0 if mean > 0 else 0.0}
         return out

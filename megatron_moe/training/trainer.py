@@ -4,11 +4,18 @@
     trainer.maybe_resume()                                # RUN_DIR/checkpoints/latest, if any
     history = trainer.train()                             # runs until cfg.train.train_steps
 
-One optimizer step: this rank's share of the global batch (data.next_step()) in micro-batches of
-`micro_batch_size`; each micro-batch loss is divided by the number of micro-batches (MoE aux/z losses are told the
-same scale); gradients are synchronised (training/grads.py), the global norm is taken; a non-finite loss or norm
-skips the step (logged, counted; `max_bad_steps` consecutive ones abort with TrainingError); otherwise gradients
-are clipped, the learning rate set from the schedule, AdamW steps and sigmoid routers update their expert bias.
+One optimizer step (`train_step`) is five named steps:
+  1. balance     with moe.balance_scope=global only: the step's micro-batches once without gradients, so every
+                 MoE layer knows the global batch's balance-loss gradient (model/moe/balance.py);
+  2. accumulate  this rank's share of the global batch (data.next_step()) in micro-batches of micro_batch_size;
+                 each micro-batch loss is divided by the number of micro-batches (the MoE aux/z losses are told
+                 the same scale), and the MoE layers get the noise context of its global sample positions;
+  3. reduce      gradients synchronised (training/grads.py) and the global norm taken; loss and per-domain
+                 losses averaged over data-parallel ranks;
+  4. update      a non-finite loss or norm skips the step (logged, counted; `max_bad_steps` consecutive ones
+                 abort with TrainingError); otherwise clip, set the scheduled learning rate, AdamW, and the
+                 once-per-step MoE updates (sigmoid expert bias);
+  5. record      the metrics record of the step.
 """
 from __future__ import annotations
 
@@ -20,19 +27,19 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from ..config import Config
-from ..errors import UserError
-from ..parallel import ParallelState
+from ..errors import CheckpointError, UserError
+from ..parallel import ParallelState, all_reduce_
 from . import checkpointing as ckpt
-from .evaluate import evaluate, perplexities
 from .grads import clip_grads, global_grad_norm, sync_grads, zero_missing_grads
 from .metrics import MetricsWriter, memory_stats, peak_tflops, train_flops_per_token
-from .moe_hooks import MoEStats, after_optimizer_step, set_loss_scale
+from .moe_hooks import (MoEStats, end_step, finish_balance_collect, moe_layers, set_loss_scale, set_noise_context,
+                        start_balance_collect)
 from .optimizer import TrainOptimizer
 from .schedule import lr_at
+from .validation import perplexities, validate
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +65,8 @@ class Trainer:
         self.optimizer = TrainOptimizer(model, cfg.train, ps)
         self.metrics = metrics or MetricsWriter(self.run_dir, cfg, enabled=ps.is_main)
         self.autocast = autocast_for(cfg, self.device)
-        self.moe_stats = MoEStats(model)
+        self.moe = moe_layers(model)
+        self.moe_stats = MoEStats(self.moe)
         self.step = 0
         self.consumed_tokens = 0
         self.skipped_steps = 0
@@ -66,7 +74,6 @@ class Trainer:
         self.last_valid: dict[str, float] = {}
         self.flops_per_token = train_flops_per_token(cfg)
         self.peak = peak_tflops(cfg, self.device)
-        self.fault_hook = None  # tests: fn(step, model) called before the backward pass
 
     # ---------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
@@ -84,10 +91,13 @@ class Trainer:
 
     def resume(self, path: str | Path) -> None:
         state = ckpt.load_checkpoint(path, self.model, self.optimizer, self.ps)
-        self.step, self.consumed_tokens = int(state["step"]), int(state["consumed_tokens"])
-        self.skipped_steps = int(state.get("skipped_steps", 0))
-        self.last_valid = dict(state.get("last_valid_loss") or {})
-        self.data.load_state_dict(state["data"])
+        try:
+            self.step, self.consumed_tokens = int(state["step"]), int(state["consumed_tokens"])
+            self.skipped_steps = int(state.get("skipped_steps", 0))
+            self.last_valid = {str(k): float(v) for k, v in (state.get("last_valid_loss") or {}).items()}
+            self.data.load_state_dict(state["data"])
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise CheckpointError(f"{path}: unusable trainer_state.json ({type(err).__name__}: {err})") from None
         if not state.get("rng_restored"):
             from ..parallel import seed_all
 
@@ -105,76 +115,102 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ step
     def train_step(self) -> dict:
-        """One optimizer step; returns its metrics record."""
-        cfg, ps, model = self.cfg, self.ps, self.model
+        """One optimizer step (the five steps of the module docstring); returns its metrics record."""
         t0 = time.perf_counter()
-        model.train()
+        self.model.train()
         batch = self.data.next_step()
-        n_local = batch.tokens.shape[0]
-        micro = cfg.train.micro_batch_size
-        n_micro = n_local // micro
-        set_loss_scale(model, 1.0 / n_micro)
-        self.moe_stats.reset()
-        n_dom = len(self.data.domain_names)
-        dom_sums = torch.zeros(2, n_dom, dtype=torch.float64)
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        for tokens_BS1, dom_B in batch.micro_batches(micro):
-            tokens_BS1 = tokens_BS1.to(self.device)
+        if self.moe and self.cfg.moe.balance_scope == "global":
+            self.collect_balance(batch)
+        loss_sum, dom_sums, n_micro = self.accumulate(batch)
+        loss, dom_sums, grad_norm = self.reduce(loss_sum, dom_sums, n_micro)
+        lr = lr_at(self.step, self.cfg.train)
+        finite = self.update(loss, grad_norm, lr)
+        self.step += 1
+        self.consumed_tokens += self.cfg.train.global_batch_size * self.cfg.data.seq_len
+        return self.record(loss, grad_norm, lr, finite, dom_sums, time.perf_counter() - t0)
+
+    def micro_batches(self, batch):
+        """(tokens [B, S+1], domain ids [B]) of each micro-batch, with the MoE layers' noise context set."""
+        micro = self.cfg.train.micro_batch_size
+        for m, (tokens_BS1, dom_B) in enumerate(batch.micro_batches(micro)):
+            set_noise_context(self.moe, self.cfg.train.seed, batch.step, batch.first_sample + m * micro)
+            yield tokens_BS1.to(self.device), dom_B
+
+    @torch.no_grad()
+    def collect_balance(self, batch) -> None:
+        """Step 1: forward every micro-batch without gradients; each MoE layer sums its global routing statistics."""
+        start_balance_collect(self.moe)
+        for tokens_BS1, _ in self.micro_batches(batch):
             with self.autocast():
-                loss, per_seq_B = model.loss(tokens_BS1[:, :-1], tokens_BS1[:, 1:])
-            if self.fault_hook is not None:
-                loss = self.fault_hook(self.step, loss)
+                self.model.loss(tokens_BS1[:, :-1], tokens_BS1[:, 1:])
+        finish_balance_collect(self.moe)
+
+    def accumulate(self, batch) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Step 2: forward + backward of every micro-batch; returns (loss sum, per-domain [sums; counts], n)."""
+        n_micro = batch.tokens.shape[0] // self.cfg.train.micro_batch_size
+        set_loss_scale(self.moe, 1.0 / n_micro)
+        self.moe_stats.reset()
+        dom_sums = torch.zeros(2, len(self.data.domain_names), dtype=torch.float64)
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for tokens_BS1, dom_B in self.micro_batches(batch):
+            with self.autocast():
+                loss, per_seq_B = self.model.loss(tokens_BS1[:, :-1], tokens_BS1[:, 1:])
             (loss / n_micro).backward()
             self.moe_stats.collect()
             loss_sum += loss.detach().double().cpu()
             per = per_seq_B.detach().double().cpu()
             dom_sums[0].index_add_(0, dom_B, per)
             dom_sums[1].index_add_(0, dom_B, torch.ones_like(per))
-        zero_missing_grads(model.parameters())
-        sync_grads(model, ps)
-        grad_norm = global_grad_norm(model, ps)
+        return loss_sum, dom_sums, n_micro
+
+    def reduce(self, loss_sum, dom_sums, n_micro) -> tuple[float, torch.Tensor, float]:
+        """Step 3: synchronised gradients, their global norm, and the DP-mean loss and per-domain sums."""
+        ps = self.ps
+        zero_missing_grads(self.model.parameters())
+        sync_grads(self.model, ps)
+        grad_norm = global_grad_norm(self.model, ps)
         stats = torch.cat([loss_sum.reshape(1) / n_micro, dom_sums.flatten()])
         if ps.dp_size > 1:
-            stats = stats.to(self.device)
-            dist.all_reduce(stats, group=ps.dp_group)
-            stats = stats.cpu()
-        loss_value = float(stats[0]) / ps.dp_size
-        dom_sums = stats[1:].view(2, n_dom)
-        lr = lr_at(self.step, cfg.train)
-        finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
+            stats = all_reduce_(stats.to(self.device), ps.dp_group).cpu()
+        return float(stats[0]) / ps.dp_size, stats[1:].view(2, -1), grad_norm
+
+    def update(self, loss: float, grad_norm: float, lr: float) -> bool:
+        """Step 4: NaN guard, clipping, AdamW and the per-step MoE updates; returns whether the step was taken."""
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
         if finite:
-            clip_grads(model, cfg.train.clip_grad, grad_norm)
+            clip_grads(self.model, self.cfg.train.clip_grad, grad_norm)
             self.optimizer.set_lr(lr)
             self.optimizer.step()
-            after_optimizer_step(model)
             self.bad_in_a_row = 0
         else:
             self.skipped_steps += 1
             self.bad_in_a_row += 1
             log.warning("step %d: non-finite loss %s or grad norm %s; step skipped (%d in a row, limit %d)",
-                        self.step + 1, loss_value, grad_norm, self.bad_in_a_row, cfg.train.max_bad_steps)
+                        self.step + 1, loss, grad_norm, self.bad_in_a_row, self.cfg.train.max_bad_steps)
+        end_step(self.moe, finite)
         self.optimizer.zero_grad()
-        self.step += 1
-        tokens = cfg.train.global_batch_size * cfg.data.seq_len
-        self.consumed_tokens += tokens
+        return finite
+
+    def record(self, loss, grad_norm, lr, finite, dom_sums, seconds) -> dict:
+        """Step 5: the step's metrics record (raises TrainingError after max_bad_steps skipped steps in a row)."""
+        cfg, ps = self.cfg, self.ps
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        dt = time.perf_counter() - t0
-        rec = {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-               "tokens_per_sec": tokens / dt, "step_time_s": dt, "consumed_tokens": self.consumed_tokens,
-               "skipped": not finite, "skipped_steps": self.skipped_steps,
+        tokens = cfg.train.global_batch_size * cfg.data.seq_len
+        rec = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_sec": tokens / seconds,
+               "step_time_s": seconds, "consumed_tokens": self.consumed_tokens, "skipped": not finite,
+               "skipped_steps": self.skipped_steps,
                "domain_loss": {n: float(dom_sums[0, i] / dom_sums[1, i])
                                for i, n in enumerate(self.data.domain_names) if dom_sums[1, i] > 0},
                "domain_weights": dict(self.data.weights)}
-        moe = self.moe_stats.summary(ps)
-        rec.update(moe if moe else {"aux_loss": 0.0})
+        rec.update(self.moe_stats.summary() or {"aux_loss": 0.0})
         if self.peak:
             rec["mfu"] = rec["tokens_per_sec"] * self.flops_per_token / (ps.world_size * self.peak * 1e12)
         rec.update(memory_stats(self.device))
         if self.bad_in_a_row >= cfg.train.max_bad_steps:
             self.metrics.log(rec)
             raise TrainingError(f"{self.bad_in_a_row} consecutive steps with a non-finite loss or gradient norm "
-                                f"(train.max_bad_steps={cfg.train.max_bad_steps}); last loss {loss_value}, "
+                                f"(train.max_bad_steps={cfg.train.max_bad_steps}); last loss {loss}, "
                                 f"grad norm {grad_norm} at step {self.step}")
         return rec
 
@@ -183,7 +219,7 @@ class Trainer:
         """Per-domain validation loss/perplexity; updates dynamic domain weights; logs an eval record."""
         cfg = self.cfg
         batch = cfg.train.micro_batch_size * self.ps.dp_size
-        losses = evaluate(self.model, self.data, self.ps, batch, cfg.train.eval_iters, self.autocast)
+        losses = validate(self.model, self.data, self.ps, batch, cfg.train.eval_iters, self.autocast)
         self.last_valid = losses
         weights = self.data.update_weights(losses)
         rec = {"step": self.step, "valid_loss": losses, "valid_ppl": perplexities(losses),

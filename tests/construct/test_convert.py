@@ -114,7 +114,7 @@ def test_cli_verify_bf16_mlp_gate(hf_dense, tmp_path):
 @pytest.mark.parametrize("args,msg", [
     (["--num-experts", 5], "not divisible by num_experts=5"),
     (["--num-experts", 4, "--top-k", 6], "top_k=6"),
-    (["--method", "magic"], "unknown method 'magic'"),
+    (["--method", "magic"], "invalid choice: 'magic'"),
     (["--method", "gradient"], "needs calibration data"),
     (["--num-experts", 4, "--ep", 3], "ep=3 does not divide num_experts=4"),
     (["--method", "co-activation", "--calib-data", "/nonexistent.jsonl"], "does not exist"),

@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
+from megatron_moe.cli import run_command
 from megatron_moe.data._mcore import IndexedDataset
 from megatron_moe.data.preprocess import PreprocessError, preprocess_files
 from megatron_moe.data.tokenizer import TokenizerError, load_tokenizer
 
 from _data_helpers import SENTENCES
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-import preprocess_data  # noqa: E402
 
 
 def write_jsonl(path, texts, key="text"):
@@ -60,7 +59,8 @@ def test_txt_input_and_hf_tokenizer(tmp_path):
     (hf_dir / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
     (tmp_path / "in.txt").write_text("hello world\n\nmoe hello unknown\n")
     for spec in (hf_dir, hf_dir / "tokenizer.json"):
-        stats = preprocess_files([tmp_path / "in.txt"], spec, tmp_path / "ds", append_eos=True, progress=False)
+        stats = preprocess_files([tmp_path / "in.txt"], spec, tmp_path / "ds", append_eos=True, progress=False,
+                                 overwrite=True)
         ds = IndexedDataset(str(tmp_path / "ds"))
         assert stats.documents == 2
         assert ds[0].tolist() == [1, 3, 4, 2] and ds[1].tolist() == [1, 5, 3, 0, 2]
@@ -102,27 +102,25 @@ def test_cli_exit_code_and_one_line(tmp_path, spm_model, capsys):
     src = tmp_path / "in.jsonl"
     src.write_text('{"text": "ok"}\n{"text": oops}\n')
     argv = ["--input", str(src), "--tokenizer", spm_model, "--output-prefix", str(tmp_path / "o"), "--no-progress"]
-    assert preprocess_data.main(argv) == 2
+    assert run_command("preprocess", argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {src}:2: malformed JSON (Expecting value at column 10)"]
-    assert preprocess_data.main(argv + ["--skip-bad-lines"]) == 0
+    assert run_command("preprocess", argv + ["--skip-bad-lines"]) == 0
     assert len(IndexedDataset(str(tmp_path / "o"))) == 1
-    assert preprocess_data.main(["--input", str(src), "--tokenizer", str(tmp_path / "missing"),
+    assert run_command("preprocess", ["--input", str(src), "--tokenizer", str(tmp_path / "missing"),
                                  "--output-prefix", str(tmp_path / "p")]) == 2
     assert capsys.readouterr().err.strip() == f"error: tokenizer {tmp_path / 'missing'} does not exist"
 
 
 def test_train_tokenizer_cli(tmp_path, capsys):
-    import train_tokenizer
-
     src = tmp_path / "t.txt"
     src.write_text("\n".join(f"{s} {i}" for i in range(20) for s in SENTENCES) + "\n")
     out = tmp_path / "tok.model"
-    assert train_tokenizer.main(["--input", str(src), "--output", str(out), "--vocab-size", "100"]) == 0
+    assert run_command("train-tokenizer", ["--input", str(src), "--output", str(out), "--vocab-size", "100"]) == 0
     tok = load_tokenizer(out)
     assert (tok.vocab_size, tok.bos_id, tok.eos_id) == (100, 1, 2)
     assert tok.decode(tok.encode("the quick brown fox")) == "the quick brown fox"
-    assert train_tokenizer.main(["--input", str(tmp_path / "none.txt"), "--output", str(out)]) == 2
+    assert run_command("train-tokenizer", ["--input", str(tmp_path / "none.txt"), "--output", str(out)]) == 2
     assert capsys.readouterr().err.strip() == f"error: input {tmp_path / 'none.txt'} does not exist"
 
 

@@ -7,7 +7,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from megatron_moe import load_model
 from megatron_moe.construct.import_dense import import_dense
-from megatron_moe.errors import CheckpointError
+from megatron_moe.errors import CheckpointError, UserError
 from megatron_moe.export import ExportError, HFWriter, export_hf
 from megatron_moe.export.common import HFTensors
 
@@ -71,7 +71,7 @@ def test_bad_inputs(dense, tmp_path):
     d, _, _ = dense
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         export_hf(tmp_path / "nope", tmp_path / "o1", "llama")
-    with pytest.raises(ExportError, match="already exists"):
+    with pytest.raises(UserError, match="already exists"):
         export_hf(d / "ours", d / "hf", "llama")
     with pytest.raises(ExportError, match="needs an MoE checkpoint.*--format llama"):
         export_hf(d / "ours", tmp_path / "o2", "mixtral")

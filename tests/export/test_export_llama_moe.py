@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from _moe_helpers import ids, make_moe
 from megatron_moe import load_model
 from megatron_moe.checkpoint import read_config, read_tensors
-from megatron_moe.errors import CheckpointError
+from megatron_moe.errors import CheckpointError, UserError
 from megatron_moe.export import export_hf, import_llama_moe
 from megatron_moe.export.common import HFTensors
 
@@ -92,7 +92,7 @@ def test_import_bad_inputs(tmp_path):
         import_llama_moe(tmp_path, tmp_path / "o")
     _hand_built(tmp_path / "hf")
     import_llama_moe(tmp_path / "hf", tmp_path / "ok")
-    with pytest.raises(CheckpointError, match="already exists"):
+    with pytest.raises(UserError, match="already exists"):
         import_llama_moe(tmp_path / "hf", tmp_path / "ok")
     f = tmp_path / "hf" / "model.safetensors"
     f.write_bytes(f.read_bytes()[:50])

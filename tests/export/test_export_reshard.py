@@ -10,7 +10,7 @@ import torch
 from _moe_helpers import make_moe
 from megatron_moe.checkpoint import read_tensors
 from megatron_moe.errors import CheckpointError
-from megatron_moe.export.reshard import reshard
+from megatron_moe.checkpoint.reshard import reshard
 
 ROOT = Path(__file__).resolve().parents[2]
 

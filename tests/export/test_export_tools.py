@@ -15,7 +15,8 @@ from megatron_moe.analysis.inspect import format_report, inspect_checkpoint
 from megatron_moe.analysis.plots import plot_loss_curve, read_metrics
 from megatron_moe.checkpoint import CheckpointWriter, config_dict
 from megatron_moe.config import ModelConfig, MoEConfig
-from megatron_moe.evaluation import domain_windows, evaluate_domains, parse_domains
+from megatron_moe.analysis.perplexity import domain_windows, evaluate_domains, open_domains, parse_domains
+from megatron_moe.data import open_indexed
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ModelConfig(hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2, num_kv_heads=1, vocab_size=64,
@@ -52,11 +53,9 @@ def ckpt(tmp_path_factory):
 
 def test_windows_are_disjoint_and_in_order(ckpt):
     d, a, _ = ckpt
-    w = list(domain_windows([a], 8))
-    assert len(w) == 57 // 9 and all(len(x) == 9 for x in w)
-    from megatron_moe.data import open_indexed
-
     ds = open_indexed(a)
+    w = list(domain_windows([ds], 8))
+    assert len(w) == 57 // 9 and all(len(x) == 9 for x in w)
     flat = np.concatenate([np.asarray(ds[i]) for i in range(len(ds))])
     assert np.array_equal(np.concatenate(w), flat[:len(w) * 9])
 
@@ -66,8 +65,8 @@ def test_evaluate_matches_direct_cross_entropy(ckpt):
     model = load_model(d / "ck")
     doms = parse_domains([a, f"b={b}"])
     assert list(doms) == ["alpha", "b"]
-    res = evaluate_domains(model, doms, seq_len=8, batch_size=2, progress=False)
-    w = torch.from_numpy(np.stack(list(domain_windows([b], 8))))
+    res = evaluate_domains(model, open_domains(doms, TINY.vocab_size), seq_len=8, batch_size=2, progress=False)
+    w = torch.from_numpy(np.stack(list(domain_windows([open_indexed(b)], 8))))
     with torch.no_grad():
         want = F.cross_entropy(model(w[:, :-1]).flatten(0, 1), w[:, 1:].flatten()).item()
     assert res["b"]["tokens"] == 4 * 8 and abs(res["b"]["loss"] - want) < 1e-5

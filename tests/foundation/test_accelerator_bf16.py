@@ -14,13 +14,13 @@ import os
 import pytest
 import torch
 
-from _train_helpers import tiny_config, write_corpus
+from _train_helpers import prepared, tiny_config, write_corpus
 from megatron_moe.config import Config, ModelConfig, MoEConfig
 from megatron_moe.construct.dense import load_dense_into_model, open_dense
 from megatron_moe.model import build_model
 from megatron_moe.model.moe.layer import MoELayer
 from megatron_moe.parallel import ParallelState
-from megatron_moe.training import build_everything, prepare_config
+from megatron_moe.training import build_trainer
 from test_import_parity import tiny_hf
 
 pytestmark = pytest.mark.gpu
@@ -77,8 +77,8 @@ def test_training_steps_in_bf16(tmp_path):
     cfg = tiny_config(prefixes, tmp_path / "run", moe=True, train_steps=20, lr=1e-2, global_batch_size=16,
                       micro_batch_size=8, eval_interval=20)
     cfg.train.precision = "bf16"
-    cfg = prepare_config(cfg, 1)
-    trainer = build_everything(cfg, ParallelState(device=DEVICE))
+    cfg = prepared(cfg, 1)
+    trainer = build_trainer(cfg, ParallelState(device=DEVICE))
     assert next(trainer.model.parameters()).device.type == DEVICE.type
     losses = [r["loss"] for r in trainer.train()]
     trainer.close()

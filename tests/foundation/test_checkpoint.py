@@ -4,11 +4,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from _dist import spawn
-from megatron_moe.checkpoint import (CheckpointWriter, config_dict, is_checkpoint, load_model, read_config,
+from megatron_moe.checkpoint import (CheckpointWriter, config_dict, is_checkpoint, load_into, read_config,
                                      read_tensors, resolve, save_model)
 from megatron_moe.config import Config, ParallelConfig
 from megatron_moe.construct.import_dense import import_dense
-from megatron_moe.errors import CheckpointError
+from megatron_moe.errors import CheckpointError, UserError
 from megatron_moe.model import build_model
 
 
@@ -33,7 +33,7 @@ def test_import_then_load(imported):
     model_cfg, moe_cfg, raw = read_config(d / "ours")
     assert model_cfg.num_kv_heads == 2 and not moe_cfg.enabled and raw["format"] == "megatron_moe"
     model = build_model(Config(model=model_cfg)).eval()
-    load_model(model, d / "ours")
+    load_into(model, d / "ours")
     with torch.no_grad():
         assert (model(ids) - want).abs().max().item() <= 1e-4
 
@@ -45,7 +45,7 @@ def _tp2(rank, world, ckpt, out_dir):
     cfg = Config(model=model_cfg, parallel=ParallelConfig(tp=2))
     ps = init_parallel(cfg.parallel)
     model = build_model(cfg, ps).eval()
-    load_model(model, ckpt)
+    load_into(model, ckpt)
     ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         logits = model(ids)
@@ -76,7 +76,7 @@ def test_writer_is_atomic(tmp_path):
     assert not (tmp_path / "c").exists() and not list(tmp_path.iterdir())
     with CheckpointWriter(tmp_path / "c", {"format": "megatron_moe"}) as w:
         w.add_part("embed", {"embed.weight": torch.ones(2, 2)})
-    with pytest.raises(CheckpointError, match="already exists"):
+    with pytest.raises(UserError, match="already exists"):
         CheckpointWriter(tmp_path / "c", {})
     with pytest.raises(CheckpointError, match="not a megatron_moe checkpoint"):
         resolve(tmp_path)

@@ -72,8 +72,8 @@ def test_noisy_topk_smooth_load_with_given_noise_by_hand():
         for i in range(4):
             thr = thr_in if noisy[i] > thr_in else thr_out
             load[i] += 0.5 * (1 + math.erf((x[i] - thr) / std[i] / math.sqrt(2)))
-    assert torch.allclose(routing.sums["a"], torch.tensor(imp), atol=1e-5)
-    assert torch.allclose(routing.sums["b"], torch.tensor(load), atol=1e-5)
+    assert torch.allclose(routing.sums["importance"], torch.tensor(imp), atol=1e-5)
+    assert torch.allclose(routing.sums["load"], torch.tensor(load), atol=1e-5)
     aux, _ = layer.router.losses(routing.sums)
     assert abs(aux.item() - (cv2(imp) + cv2(load))) < 1e-5
     # weights: softmax over the selected noisy logits, times s = E / k = 2

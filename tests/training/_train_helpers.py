@@ -54,3 +54,11 @@ def randomize_routers(trainer, seed: int = 3) -> None:
         for name, p in trainer.model.named_parameters():
             if ".router." in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+def prepared(cfg: Config, world: int = 1) -> Config:
+    """cfg after the trainer's start-up checks (model/moe taken from checkpoint.load or the run's latest)."""
+    from megatron_moe.training import preflight
+
+    preflight(cfg, world)
+    return cfg

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from _dist import spawn
-from _train_helpers import tiny_config, write_corpus
+from _train_helpers import prepared, tiny_config, write_corpus
 from megatron_moe.parallel import ParallelState
-from megatron_moe.training import build_everything, prepare_config, run_training
+from megatron_moe.training import build_trainer, run_training
 
 STEPS = 3
 
@@ -20,9 +20,9 @@ def _layouts(rank, world, prefixes, root):
         cfg = tiny_config(prefixes, root / name, train_steps=2 * STEPS, save_interval=STEPS)
         cfg.parallel.tp, cfg.parallel.sp = over.get("tp", 1), over.get("sp", False)
         cfg.train.zero1 = over.get("zero1", False)
-        cfg = prepare_config(cfg, world)
+        cfg = prepared(cfg, world)
         ps = init_parallel(cfg.parallel)
-        trainer = build_everything(cfg, ps)
+        trainer = build_trainer(cfg, ps)
         out[name] = [r["loss"] for r in trainer.train(until=STEPS)]
         trainer.save()
         trainer.close()
@@ -30,8 +30,8 @@ def _layouts(rank, world, prefixes, root):
 
 
 def _single(prefixes, run_dir, steps, **over):
-    cfg = prepare_config(tiny_config(prefixes, run_dir, train_steps=2 * STEPS, **over), 1)
-    trainer = build_everything(cfg, ParallelState())
+    cfg = prepared(tiny_config(prefixes, run_dir, train_steps=2 * STEPS, **over), 1)
+    trainer = build_trainer(cfg, ParallelState())
     losses = [r["loss"] for r in trainer.train(until=steps)]
     trainer.close()
     return losses, trainer

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from _train_helpers import tiny_config, write_corpus
+from _train_helpers import prepared, tiny_config, write_corpus
 from megatron_moe.checkpoint import resolve
 from megatron_moe.config import ConfigError, TrainConfig, load_config
 from megatron_moe.parallel import ParallelState
-from megatron_moe.training import Trainer, TrainingError, build_everything, lr_at, prepare_config
+from megatron_moe.training import Trainer, TrainingError, build_trainer, lr_at
 from megatron_moe.training import checkpointing
 from megatron_moe.training.optimizer import TrainOptimizer
 
@@ -20,8 +20,8 @@ def corpus(tmp_path_factory):
 
 
 def _trainer(corpus, run_dir, **kw) -> Trainer:
-    cfg = prepare_config(tiny_config(corpus, run_dir, **kw), 1)
-    return build_everything(cfg, ParallelState())
+    cfg = prepared(tiny_config(corpus, run_dir, **kw), 1)
+    return build_trainer(cfg, ParallelState())
 
 
 def test_tiny_model_learns(corpus, tmp_path):
@@ -93,19 +93,29 @@ def test_nan_guard_skips_then_aborts(corpus, tmp_path):
     tr = _trainer(corpus, tmp_path / "run", train_steps=10, max_bad_steps=3)
     tr.train(until=1)
     before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
-    tr.fault_hook = lambda step, loss: loss * float("nan") if step == 1 else loss
+    real_loss = tr.model.loss
+
+    def poisoned(factor):
+        def loss(*args, **kw):  # the model's loss times nan/inf: what a diverging step produces
+            value, per_seq = real_loss(*args, **kw)
+            return value * factor, per_seq
+        return loss
+
+    tr.model.loss = poisoned(float("nan"))
     rec = tr.train_step()
+    tr.model.loss = real_loss
     assert rec["skipped"] and rec["skipped_steps"] == 1 and not math.isfinite(rec["loss"])
     for n, p in tr.model.named_parameters():
         assert torch.equal(p, before[n]), n
     assert not tr.train_step()["skipped"]  # recovers
-    tr.fault_hook = lambda step, loss: loss * float("inf")
+    tr.model.loss = poisoned(float("inf"))
     with pytest.raises(TrainingError, match="3 consecutive steps"):
         tr.train()
     assert tr.step == 6
     tr.close()
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if r["skipped"]] == [4, 5, 6]  # logged by the loop (2, 3 ran by hand)
+    assert all(r["loss"] is None for r in lines if r["skipped"])  # strict JSON: non-finite values are null
 
 
 def test_schedule_values():

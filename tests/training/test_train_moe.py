@@ -5,9 +5,9 @@ import json
 import pytest
 
 from _dist import spawn
-from _train_helpers import randomize_routers, tiny_config, write_corpus
+from _train_helpers import prepared, randomize_routers, tiny_config, write_corpus
 from megatron_moe.parallel import ParallelState
-from megatron_moe.training import build_everything, prepare_config, run_training
+from megatron_moe.training import build_trainer, run_training
 
 STEPS = 3
 
@@ -18,9 +18,9 @@ def _ep2(rank, world, prefixes, root):
     cfg = tiny_config(prefixes, root / "ep2", moe=True, train_steps=2 * STEPS, save_interval=STEPS,
                       micro_batch_size=2)
     cfg.parallel.ep = 2
-    cfg = prepare_config(cfg, world)
+    cfg = prepared(cfg, world)
     ps = init_parallel(cfg.parallel)
-    trainer = build_everything(cfg, ps)
+    trainer = build_trainer(cfg, ps)
     randomize_routers(trainer)
     hist = trainer.train(until=STEPS)
     trainer.close()
@@ -29,9 +29,9 @@ def _ep2(rank, world, prefixes, root):
     # AdamW state is sharded over the EDP group and the dense state over DP
     cfg = tiny_config(prefixes, root / "zero1", moe=True, train_steps=2 * STEPS, micro_batch_size=2)
     cfg.train.zero1 = True
-    cfg = prepare_config(cfg, world)
+    cfg = prepared(cfg, world)
     ps = init_parallel(cfg.parallel)
-    trainer = build_everything(cfg, ps)
+    trainer = build_trainer(cfg, ps)
     randomize_routers(trainer)
     out["zero1_edp"] = ps.edp_size
     out["zero1"] = [r["loss"] for r in trainer.train(until=STEPS)]
@@ -44,8 +44,8 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("moe")
     prefixes = write_corpus(root / "data")
     # aux losses are functions of the global micro-batch: 1 process x 4 sequences == 2 ranks x 2 sequences
-    cfg = prepare_config(tiny_config(prefixes, root / "ref", moe=True, train_steps=2 * STEPS, micro_batch_size=4), 1)
-    trainer = build_everything(cfg, ParallelState())
+    cfg = prepared(tiny_config(prefixes, root / "ref", moe=True, train_steps=2 * STEPS, micro_batch_size=4), 1)
+    trainer = build_trainer(cfg, ParallelState())
     randomize_routers(trainer)
     ref = trainer.train(until=2 * STEPS)
     trainer.close()
@@ -97,7 +97,7 @@ def test_noisy_router_exact_resume(runs, tmp_path):
     def trainer(run_dir, **kw):
         cfg = tiny_config(prefixes, run_dir, moe=True, train_steps=4, **kw)
         cfg.moe.router, cfg.moe.noisy_gate, cfg.moe.gate_network = "noisy_topk", True, "linear"
-        return build_everything(prepare_config(cfg, 1), ParallelState())
+        return build_trainer(prepared(cfg, 1), ParallelState())
 
     full = trainer(tmp_path / "full")
     want = [r["loss"] for r in full.train()]

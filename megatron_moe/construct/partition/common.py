@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import torch
 
+from ...errors import UserError
 
-class PartitionError(ValueError):
+
+class PartitionError(UserError, ValueError):
     """A partition request that cannot be satisfied; the message is one line naming the numbers."""
 
 

@@ -87,6 +87,14 @@ def attach_aux_loss(y: torch.Tensor, aux: torch.Tensor, grad_scale: float) -> to
     return AuxLossInjector.apply(y, aux, grad_scale)
 
 
+def max_violation(tokens_per_expert_E: torch.Tensor) -> torch.Tensor:
+    """MaxVio = max_i(load_i / mean load) - 1 (0 at perfect balance, E - 1 when one expert takes everything;
+    0 when there are no tokens)."""
+    t = tokens_per_expert_E.double()
+    m = t.mean()
+    return torch.where(m > 0, t.max() / m.clamp(min=1e-12) - 1.0, torch.zeros_like(m)).float()
+
+
 def load_cv(tokens_per_expert_E: torch.Tensor) -> torch.Tensor:
     """Coefficient of variation of the load: population std / mean of tokens per expert (0 when no tokens)."""
     t = tokens_per_expert_E.double()

@@ -4,21 +4,26 @@ Legend: B batch, S sequence (local chunk under SP), T tokens, D hidden, E expert
 
     layer = MoELayer(model_cfg, moe_cfg, ps, layer_idx)
     y_BSD = layer(x_BSD)                 # aux/z losses enter the gradient by themselves (see aux.py)
-    layer.last_stats                     # {aux_loss, z_loss, tokens_per_expert [E], load_cv, dropped_frac}
+    layer.last_stats                     # {aux_loss, z_loss, tokens_per_expert [E], load_cv, max_vio, dropped_frac}
     layer.update_expert_bias()           # sigmoid router: once per optimizer step
+    layer.noise_context = NoiseContext(key, first_sample)     # set by the trainer per micro-batch (noise.py)
+    layer.balance                        # BalanceState: micro / collect / global balance loss (balance.py)
     layer.force_all_experts = True       # every token to every expert with weight 1 (converter --verify)
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import nn
 
 from ...config import ModelConfig, MoEConfig
 from ...parallel import ParallelState
-from .aux import attach_aux_loss, global_sums, load_cv
+from .aux import attach_aux_loss, global_sums, load_cv, max_violation
+from .balance import BalanceState
 from .dispatcher import Dispatcher, Plan, apply_capacity
 from .experts import Experts
-from .noise import batch_noise, noise_key
+from .noise import NoiseContext, batch_noise, noise_key
 from .router import Router, Routing
 from .shared import SharedExperts
 
@@ -42,6 +47,8 @@ class MoELayer(nn.Module):
         self.stats_groups = [ps.dp_group] + ([ps.tp_group] if ps.sp else [])
         self.force_all_experts = False
         self.loss_scale = 1.0
+        self.noise_context: Optional[NoiseContext] = None
+        self.balance = BalanceState()
         self.last_stats: dict = {}
 
     # ------------------------------------------------------------------------------------ trainer API
@@ -76,25 +83,36 @@ class MoELayer(nn.Module):
         if self.shared is not None:
             y_BSD = y_BSD + self.shared(x_BSD)
         if self.training and torch.is_grad_enabled():
-            y_BSD = attach_aux_loss(y_BSD, aux, self.loss_scale * self.ps.dp_size)
+            # micro: the trainer's 1/n_micro, like the LM loss; global: the surrogate sums over micro-batches
+            scale = self.ps.dp_size * (1.0 if self.balance.mode == "global" else self.loss_scale)
+            y_BSD = attach_aux_loss(y_BSD, aux, scale)
         return y_BSD
 
     # ---------------------------------------------------------------------------------- 1. route
     def route(self, x_TD: torch.Tensor, B: int, S: int, kernels: bool) -> tuple[Routing, torch.Tensor]:
-        """Router choices, plus the weighted aux + z loss of the global micro-batch; fills last_stats."""
+        """Router choices, plus the weighted aux + z loss term whose gradient enters the model (balance.py says
+        which tokens it covers); fills last_stats with the values of the loss and the global load."""
         noise_TN = self._noise(x_TD, B, S)
         routing = self.router(x_TD, noise_TN, use_kernels=kernels, force_all=self.force_all_experts)
-        sums = routing.sums
-        if self.cfg.aux_loss_coeff == 0 and self.cfg.z_loss_coeff == 0:  # statistics only: no autograd graph
-            sums = {k: v.detach() for k, v in sums.items()}
-        g = global_sums(sums, self.stats_groups)
-        aux, z = self.router.losses(g)
+        sums, bal, cfg = routing.sums, self.balance, self.cfg
+        graph = (cfg.aux_loss_coeff or cfg.z_loss_coeff) and bal.mode == "micro"
+        g = global_sums(sums if graph else {k: v.detach() for k, v in sums.items()}, self.stats_groups)
+        if bal.mode == "collect":
+            bal.add(g)
+            aux, z = self.router.losses(g)
+            term = aux.new_zeros(())
+        elif bal.mode == "global":
+            aux, z = bal.value, bal.z_value
+            term = bal.surrogate(sums)
+        else:
+            aux, z = self.router.losses(g)
+            term = cfg.aux_loss_coeff * aux + cfg.z_loss_coeff * z
         tokens_E = g["counts"].round().long()
-        if self.training:
+        if self.training and bal.mode != "collect":
             self.router.record_load(tokens_E)
         self.last_stats = {"aux_loss": aux.detach(), "z_loss": z.detach(), "tokens_per_expert": tokens_E,
-                           "load_cv": load_cv(tokens_E)}
-        return routing, self.cfg.aux_loss_coeff * aux + self.cfg.z_loss_coeff * z
+                           "load_cv": load_cv(tokens_E), "max_vio": max_violation(tokens_E)}
+        return routing, term
 
     def _noise(self, x_TD: torch.Tensor, B: int, S: int):
         spec = self.router.noise_spec(self.hidden)
@@ -102,8 +120,9 @@ class MoELayer(nn.Module):
             return None
         N, kind = spec
         ps = self.ps
+        ctx = self.noise_context or NoiseContext(noise_key(), ps.dp_rank * B)
         S_full = S * ps.tp_size if ps.sp else S
-        noise_BSN = batch_noise(noise_key(), self.layer_idx, ps.dp_rank, B, S_full, N, kind, x_TD.device)
+        noise_BSN = batch_noise(ctx.key, self.layer_idx, ctx.first_sample, B, S_full, N, kind, x_TD.device)
         if ps.sp:
             noise_BSN = noise_BSN[:, ps.tp_rank * S:(ps.tp_rank + 1) * S]
         return noise_BSN.reshape(B * S, N)
@@ -120,9 +139,3 @@ class MoELayer(nn.Module):
     def combine(self, out_RD: torch.Tensor, w_TK: torch.Tensor, plan: Plan) -> torch.Tensor:
         return self.dispatcher.combine(out_RD, w_TK, plan)
 
-
-def update_expert_biases(model: nn.Module) -> None:
-    """Once per optimizer step: the aux-loss-free bias update of every sigmoid-router MoE layer in `model`."""
-    for module in model.modules():
-        if isinstance(module, MoELayer):
-            module.update_expert_bias()

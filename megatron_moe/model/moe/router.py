@@ -28,9 +28,11 @@ from .aux import noisy_balance_loss, switch_balance_loss
 
 @dataclass
 class Routing:
-    """weights_TK fp32 (score scale included), indices_TK int64, and local per-expert sums for the losses:
-    sums = {"a": importance (noisy_topk) or Σ router probabilities [E], "b": load [E] (noisy_topk only),
-    "counts": assignments per expert [E] (pre-capacity), "z": Σ logsumexp² [1] (z-loss on), "T": tokens [1]}."""
+    """weights_TK fp32 (score scale included), indices_TK int64, and this rank's per-expert sums over tokens,
+    from which every balance loss is computed (after a reduction over ranks, see aux.global_sums):
+      "importance" [E]  Σ top-k gate weights (noisy_topk)       "load" [E]  Σ Φ(...) or hard counts (noisy_topk)
+      "prob_sum"   [E]  Σ router probabilities (other routers)  "counts" [E] assignments per expert (pre-capacity)
+      "z"          [1]  Σ logsumexp(logits)² (z-loss on)        "T" [1]      tokens"""
 
     weights_TK: torch.Tensor
     indices_TK: torch.Tensor
@@ -125,12 +127,13 @@ class Router(nn.Module):
             load_E = torch.where(is_in_TE, p_in_TE, p_out_TE).sum(0)
         else:
             load_E = counts_E
-        return Routing(gates_TK * self.scale, idx_TK, {"a": importance_E, "b": load_E, "counts": counts_E})
+        return Routing(gates_TK * self.scale, idx_TK, {"importance": importance_E, "load": load_E,
+                                                       "counts": counts_E})
 
     def _route_switch(self, x32_TD, logits_TE, noise, use_kernels):
         probs_TE = torch.softmax(logits_TE, dim=-1)
         w_T1, idx_T1 = probs_TE.max(dim=-1, keepdim=True)
-        return Routing(w_T1 * self.scale, idx_T1, {"a": probs_TE.sum(0), "counts": _counts(idx_T1, self.E)})
+        return Routing(w_T1 * self.scale, idx_T1, {"prob_sum": probs_TE.sum(0), "counts": _counts(idx_T1, self.E)})
 
     def _route_softmax_topk(self, x32_TD, logits_TE, noise, use_kernels):
         if use_kernels:
@@ -138,11 +141,11 @@ class Router(nn.Module):
 
             w_TK, idx_TK, _, psum_E = moe_kernels.topk_gating(logits_TE, self.k, "softmax", scale=self.scale,
                                                               return_probs_sum=True)
-            return Routing(w_TK, idx_TK, {"a": psum_E, "counts": _counts(idx_TK, self.E)})
+            return Routing(w_TK, idx_TK, {"prob_sum": psum_E, "counts": _counts(idx_TK, self.E)})
         probs_TE = torch.softmax(logits_TE, dim=-1)
         p_TK, idx_TK = probs_TE.topk(self.k, dim=-1)
         w_TK = p_TK / p_TK.sum(-1, keepdim=True) * self.scale
-        return Routing(w_TK, idx_TK, {"a": probs_TE.sum(0), "counts": _counts(idx_TK, self.E)})
+        return Routing(w_TK, idx_TK, {"prob_sum": probs_TE.sum(0), "counts": _counts(idx_TK, self.E)})
 
     def _route_sigmoid(self, x32_TD, logits_TE, noise, use_kernels):
         bias_E = self.expert_bias.float()
@@ -151,25 +154,25 @@ class Router(nn.Module):
 
             w_TK, idx_TK, _, psum_E = moe_kernels.topk_gating(logits_TE, self.k, "sigmoid", bias=bias_E,
                                                               scale=self.scale, return_probs_sum=True)
-            return Routing(w_TK, idx_TK, {"a": psum_E, "counts": _counts(idx_TK, self.E)})
+            return Routing(w_TK, idx_TK, {"prob_sum": psum_E, "counts": _counts(idx_TK, self.E)})
         s_TE = torch.sigmoid(logits_TE)
         idx_TK = (s_TE.detach() + bias_E).topk(self.k, dim=-1).indices
         s_TK = s_TE.gather(1, idx_TK)
         w_TK = s_TK / s_TK.sum(-1, keepdim=True) if self.k > 1 else s_TK
         psum_E = (s_TE / s_TE.sum(-1, keepdim=True)).sum(0)
-        return Routing(w_TK * self.scale, idx_TK, {"a": psum_E, "counts": _counts(idx_TK, self.E)})
+        return Routing(w_TK * self.scale, idx_TK, {"prob_sum": psum_E, "counts": _counts(idx_TK, self.E)})
 
     # ------------------------------------------------------------------------------------------ losses
     def losses(self, g: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(balance loss, z-loss), unweighted, from the *global* sums (see aux.global_sums)."""
         T = g["T"][0]
-        if "a" not in g:  # force_all
+        if "importance" not in g and "prob_sum" not in g:  # force_all
             zero = T.new_zeros(())
             return zero, zero
         if self.kind == "noisy_topk":
-            aux = noisy_balance_loss(g["a"], g["b"])
+            aux = noisy_balance_loss(g["importance"], g["load"])
         else:
-            aux = switch_balance_loss(g["a"], g["counts"], T, self.k)
+            aux = switch_balance_loss(g["prob_sum"], g["counts"], T, self.k)
         z = g["z"][0] / T if "z" in g else T.new_zeros(())
         return aux, z
 

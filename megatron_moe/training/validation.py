@@ -10,14 +10,13 @@ import contextlib
 import math
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from ..parallel import ParallelState
+from ..parallel import ParallelState, all_reduce_
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data, ps: ParallelState, batch_size: int, num_batches: int,
+def validate(model: nn.Module, data, ps: ParallelState, batch_size: int, num_batches: int,
              autocast=contextlib.nullcontext) -> dict[str, float]:
     """{domain: mean validation loss}; `batch_size` is global (divisible by dp), `data` a MultiDomainData."""
     was_training = model.training
@@ -35,8 +34,7 @@ def evaluate(model: nn.Module, data, ps: ParallelState, batch_size: int, num_bat
                 sums[1, i] += per_seq_B.shape[0]
     finally:
         model.train(was_training)
-    if ps.dp_size > 1:
-        dist.all_reduce(sums, group=ps.dp_group)
+    all_reduce_(sums, ps.dp_group)
     return {n: float(sums[0, i] / sums[1, i]) for i, n in enumerate(names)}
 
 

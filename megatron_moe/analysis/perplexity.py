@@ -1,6 +1,6 @@
 """Per-domain loss and perplexity of a model over megatron indexed datasets (batched, with a progress bar).
 
-    domains = parse_domains(["wiki=data/wiki_text_document", "data/code_text_document"])
+    domains = open_domains(parse_domains(["wiki=data/wiki_text_document", "data/code_text_document"]), vocab)
     results = evaluate_domains(model, domains, seq_len=512, batch_size=8, max_batches=50)
     # {"wiki": {"loss": 2.31, "ppl": 10.1, "tokens": 204800, "sequences": 400}, ...}
 
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def parse_domains(items: Sequence[str]) -> dict[str, list[str]]:
@@ -32,14 +32,20 @@ def parse_domains(items: Sequence[str]) -> dict[str, list[str]]:
     return out
 
 
-def domain_windows(prefixes: Sequence[str], seq_len: int) -> Iterator[np.ndarray]:
-    """Disjoint windows of seq_len + 1 tokens over the concatenated documents of `prefixes`."""
-    from .data import DataError, open_indexed
+def open_domains(domains: dict[str, list[str]], vocab_size: int) -> dict[str, list]:
+    """{name: [opened IndexedDataset]}: every pair checked and every token id checked against the vocabulary
+    (data.indexed) before any model is loaded."""
+    from ..data.indexed import check_vocab, open_indexed
 
-    try:
-        datasets = [open_indexed(str(p)) for p in prefixes]
-    except DataError as err:
-        raise UserError(str(err)) from None
+    out = {}
+    for name, prefixes in domains.items():
+        check_vocab(prefixes, vocab_size, f"domain {name}:")
+        out[name] = [open_indexed(str(p)) for p in prefixes]
+    return out
+
+
+def domain_windows(datasets: Sequence, seq_len: int) -> Iterator[np.ndarray]:
+    """Disjoint windows of seq_len + 1 tokens over the concatenated documents of opened `datasets`."""
     buf, have, want = [], 0, seq_len + 1
     for ds in datasets:
         for i in range(len(ds)):
@@ -55,11 +61,11 @@ def domain_windows(prefixes: Sequence[str], seq_len: int) -> Iterator[np.ndarray
                 buf, have = ([rest] if len(rest) else []), len(rest)
 
 
-def domain_batches(prefixes: Sequence[str], seq_len: int, batch_size: int,
+def domain_batches(datasets: Sequence, seq_len: int, batch_size: int,
                    max_batches: Optional[int] = None) -> Iterator[torch.Tensor]:
-    """LongTensor batches [B, seq_len + 1] (the last one may be smaller)."""
+    """LongTensor batches [B, seq_len + 1] (the last one may be smaller) of opened `datasets`."""
     rows, n = [], 0
-    for w in domain_windows(prefixes, seq_len):
+    for w in domain_windows(datasets, seq_len):
         rows.append(w)
         if len(rows) == batch_size:
             yield torch.from_numpy(np.stack(rows))
@@ -85,24 +91,24 @@ def token_loss_sum(model: nn.Module, batch_BS1: torch.Tensor) -> tuple[float, in
     return float(loss), labels_BS.numel()
 
 
-def evaluate_domains(model: nn.Module, domains: dict[str, list[str]], seq_len: int, batch_size: int = 8,
+def evaluate_domains(model: nn.Module, domains: dict[str, list], seq_len: int, batch_size: int = 8,
                      max_batches: Optional[int] = None, progress: bool = True) -> dict[str, dict]:
-    """{domain: {loss, ppl, tokens, sequences}}; a domain with fewer than seq_len + 1 tokens is an error."""
+    """{domain: {loss, ppl, tokens, sequences}} over `open_domains(...)`; a domain with fewer than seq_len + 1
+    tokens is an error."""
     from tqdm import tqdm
 
     was_training = model.training
     model.eval()
     out = {}
     try:
-        for name, prefixes in domains.items():
+        for name, datasets in domains.items():
             total, tokens, seqs = 0.0, 0, 0
-            for batch in tqdm(domain_batches(prefixes, seq_len, batch_size, max_batches), desc=f"eval {name}",
+            for batch in tqdm(domain_batches(datasets, seq_len, batch_size, max_batches), desc=f"eval {name}",
                               unit="batch", disable=not progress, total=max_batches):
                 s, t = token_loss_sum(model, batch)
                 total, tokens, seqs = total + s, tokens + t, seqs + batch.shape[0]
             if tokens == 0:
-                raise UserError(f"domain {name} ({', '.join(prefixes)}) has fewer than seq_len+1={seq_len + 1} "
-                                f"tokens; lower --seq-len")
+                raise UserError(f"domain {name} has fewer than seq_len+1={seq_len + 1} tokens; lower --seq-len")
             loss = total / tokens
             out[name] = {"loss": loss, "ppl": math.exp(min(loss, 80.0)), "tokens": tokens, "sequences": seqs}
     finally:

@@ -3,7 +3,7 @@
 Our storage is layout-independent (canonical global tensors, docs/checkpoint_format.md), so any checkpoint
 already loads into any layout at start-up; this tool exists to check a target layout before a job and to write
 a checkpoint the way that layout's ranks write it (DCP chunks per rank). Each of lcm(tp, ep*etp) forked CPU ranks
-builds its shard of the model, fills it with `checkpoint.load_model` (reading only its slices) and writes it with
+builds its shard of the model, fills it with `checkpoint.load_into` (reading only its slices) and writes it with
 `checkpoint.save_model`; the result is renamed into place when complete and, with `verify`, compared tensor by
 tensor with the source. Optimizer state and trainer_state.json are not carried (resume loads any layout directly).
 """
@@ -38,7 +38,7 @@ def _rank_main(rank: int, world: int, port: int, src: str, dst: str, tp: int, ep
     try:
         import torch
 
-        from ..checkpoint import load_model, read_config, save_model
+        from ..checkpoint import load_into, read_config, save_model
         from ..config import Config, ParallelConfig
         from ..model import build_model
         from ..parallel import destroy_parallel, init_parallel
@@ -48,7 +48,7 @@ def _rank_main(rank: int, world: int, port: int, src: str, dst: str, tp: int, ep
         cfg = Config(model=model_cfg, moe=moe_cfg, parallel=ParallelConfig(tp=tp, ep=ep, etp=etp, backend="gloo"))
         ps = init_parallel(cfg.parallel)
         model = build_model(cfg, ps, recompute=False)
-        load_model(model, src)
+        load_into(model, src)
         save_model(model, dst)
         destroy_parallel()
     except BaseException:  # noqa: BLE001 - report anything to the parent

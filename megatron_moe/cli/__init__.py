@@ -1,0 +1,84 @@
+"""The command line: `megatron-moe COMMAND [flags]` (console script), one flag vocabulary for every command.
+
+    megatron-moe import  --load /models/Llama-3.1-8B --save ckpts/llama3-8b
+    megatron-moe convert --load ckpts/llama3-8b --save ckpts/moe --num-experts 8 --top-k 2 --verify
+    megatron-moe launch  --nproc-per-node 8 -m megatron_moe.train --config CFG.yaml key.sub=value
+    megatron-moe export  --load runs/x --save hf/x --format mixtral
+
+`tools/*.py` are the same commands under their historical script names. Each command lives in its own module
+(`megatron_moe.cli.<module>`) with `add_arguments(parser)` and `main(args) -> exit code`; common.py holds the
+shared flags, the one-line error reporting and the exit codes (docs/cli.md).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Optional, Sequence
+
+from .common import Parser, guarded, run, setup_logging  # noqa: F401  (run: the entry wrapper of old tools)
+
+# command -> (module under megatron_moe.cli, one-line description)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "import": ("import_dense", "dense LLaMA-family checkpoint (HF or Meta) -> megatron_moe checkpoint"),
+    "import-llama-moe": ("import_llama_moe", "LLaMA-MoE v1 HF checkpoint -> megatron_moe checkpoint"),
+    "convert": ("convert", "split a dense model's FFNs into experts (LLaMA-MoE stage 1)"),
+    "preprocess": ("preprocess", "tokenize jsonl/txt into a megatron indexed dataset"),
+    "train-tokenizer": ("train_tokenizer", "train a small sentencepiece tokenizer"),
+    "train": ("train", "train (one process, or one rank under torchrun/srun)"),
+    "launch": ("launch", "torchrun with a preflight check and one-line errors"),
+    "evaluate": ("evaluate", "per-domain loss and perplexity"),
+    "inspect": ("inspect", "describe a checkpoint without loading tensors"),
+    "reshard": ("reshard", "rewrite a checkpoint as saved by a tp x ep layout"),
+    "export": ("export", "megatron_moe checkpoint -> HF model directory"),
+    "plot": ("plot", "expert-load heatmaps and loss curve"),
+    "plan": ("plan", "per-GPU memory estimate and a layout that fits"),
+    "check-layout": ("check_layout", "a parallel layout computes the same logits as one process"),
+}
+
+
+def _module(command: str):
+    return importlib.import_module(f"{__name__}.{COMMANDS[command][0]}")
+
+
+def build_parser(command: str, prog: Optional[str] = None) -> Parser:
+    mod = _module(command)
+    p = Parser(prog=prog or f"megatron-moe {command}", description=(mod.__doc__ or "").strip(),
+               formatter_class=_Formatter)
+    mod.add_arguments(p)
+    return p
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the module docstring's layout; show defaults."""
+
+
+def run_command(command: str, argv: Sequence[str], prog: Optional[str] = None) -> int:
+    """Parse `argv` for `command` and run it; returns the exit code (errors are one line, exit 2)."""
+    setup_logging()
+    mod = _module(command)
+    if getattr(mod, "RAW_ARGS", False):  # commands that hand their arguments to another parser (launch)
+        return guarded(lambda: mod.main(list(argv)))
+    args = build_parser(command, prog).parse_args(list(argv))
+    return guarded(lambda: mod.main(args))
+
+
+def tool(command: str) -> None:
+    """Entry of tools/<script>.py: run `command` with this process's arguments and exit with its code."""
+    sys.exit(run_command(command, sys.argv[1:], prog=os.path.basename(sys.argv[0])))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """`megatron-moe COMMAND ...`"""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        width = max(len(c) for c in COMMANDS)
+        lines = [f"  {c:<{width}}  {d}" for c, (_, d) in COMMANDS.items()]
+        print("usage: megatron-moe COMMAND [flags]   (megatron-moe COMMAND --help for its flags)\n\ncommands:\n"
+              + "\n".join(lines))
+        sys.exit(0 if argv else 2)
+    if argv[0] not in COMMANDS:
+        print(f"error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(run_command(argv[0], argv[1:]))

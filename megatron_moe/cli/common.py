@@ -1,0 +1,183 @@
+"""What every command shares: the flag vocabulary, one-line errors, exit codes, rank-aware output.
+
+Flag vocabulary (docs/cli.md): `--load` input checkpoint/model directory, `--save` output (directory, file or
+dataset prefix), `--dtype fp32|bf16|fp16` (float32/bfloat16/float16 accepted), `--json [FILE]` (JSON to FILE, or
+to stdout without FILE), `--data [NAME=]PREFIX ...` indexed datasets, `--input FILE ...` raw text,
+`--tokenizer`, `--seq-len`, `--batch-size`, `--max-batches`, `--device`, `--overwrite`, `--no-progress`,
+`--seed`, and `key.sub=value` config overrides as positional arguments.
+
+Exit codes: 0 success; 1 a check ran and failed (verify, check-layout, plan that does not fit); 2 bad input,
+printed as one `error: ...` line; 130 interrupted. Anything else is a bug and prints a traceback.
+Under a distributed launcher only global rank 0 prints the error line; every rank writes it to torchelastic's
+error file (TORCHELASTIC_ERROR_FILE) so torchrun's failure summary names it too. Under `megatron-moe launch`
+the workers print nothing and the launcher prints the first failed worker's line once.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..errors import UserError
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+LAUNCHED_BY = "MEGATRON_MOE_LAUNCH"  # set by `megatron-moe launch` for its workers
+DTYPE_NAMES = ("fp32", "bf16", "fp16")
+DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
+
+
+# ------------------------------------------------------------------------------------------- ranks
+def launch_rank() -> int:
+    """Global rank from the launcher's environment (torchrun RANK, SLURM_PROCID), 0 for a plain process."""
+    for key in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level if launch_rank() == 0 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("megatron", "megatron.core", "megatron_fsdp", "torch.distributed.checkpoint"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# ------------------------------------------------------------------------------------------ errors
+def one_line(err: BaseException) -> str:
+    """The message of a user-facing error as one line."""
+    if isinstance(err, OSError) and err.strerror:
+        where = err.filename if err.filename is not None else ""
+        return f"{where}: {err.strerror}" if where else err.strerror
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _write_elastic_error_file(message: str) -> None:
+    """torchrun reads this file to print a failed rank's cause in its summary (instead of '<N/A>')."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    try:
+        with open(path, "w") as f:
+            json.dump({"message": {"message": message, "extraInfo": {"py_callstack": message,
+                                                                     "timestamp": str(int(time.time()))}}}, f)
+    except OSError:
+        pass
+
+
+def report(message: str) -> None:
+    """Print `error: message` once per job (rank 0) and leave it for torchrun's summary on every rank."""
+    _write_elastic_error_file(f"error: {message}")
+    if launch_rank() == 0 and not (os.environ.get(LAUNCHED_BY) and "LOCAL_RANK" in os.environ):
+        print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def guarded(fn: Callable[[], Optional[int]]) -> int:
+    """Call fn; map user errors (UserError and its subclasses, OSError) to one line and exit code 2."""
+    try:
+        return int(fn() or 0)
+    except (UserError, OSError) as err:
+        report(one_line(err))
+        return EXIT_USER
+    except KeyboardInterrupt:
+        report("interrupted")
+        return EXIT_INTERRUPTED
+
+
+def run(fn: Callable[[], Optional[int]]) -> None:
+    """Entry-point wrapper: logging on rank 0, `guarded(fn)`, then exit with its code."""
+    setup_logging()
+    sys.exit(guarded(fn))
+
+
+# -------------------------------------------------------------------------------------- arguments
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (`error: ... (see --help)`, exit 2) like every other bad input."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        report(f"{self.prog}: {message} (see --help)")
+        sys.exit(EXIT_USER)
+
+
+def dtype_name(text: str) -> str:
+    """Canonical dtype name (fp32/bf16/fp16) of a flag value; accepts the torch spellings too."""
+    name = DTYPE_ALIASES.get(text, text)
+    if name not in DTYPE_NAMES:
+        raise argparse.ArgumentTypeError(f"invalid dtype {text!r} (choose from {', '.join(DTYPE_NAMES)})")
+    return name
+
+
+def torch_dtype(name: Optional[str]):
+    """torch dtype of a canonical name; None stays None (keep the stored dtype)."""
+    if name is None:
+        return None
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name(name)]
+
+
+def add_load(p: argparse.ArgumentParser, what: str, positional_alias: bool = False) -> None:
+    p.add_argument("--load", required=not positional_alias, default=None, help=what)
+    if positional_alias:
+        p.add_argument("load_positional", nargs="?", metavar="LOAD", help="same as --load")
+
+
+def add_save(p: argparse.ArgumentParser, what: str, *aliases: str, required: bool = True) -> None:
+    p.add_argument("--save", *aliases, dest="save", required=required, help=what)
+
+
+def add_dtype(p: argparse.ArgumentParser, default: Optional[str], what: str) -> None:
+    p.add_argument("--dtype", type=dtype_name, default=default, metavar="{fp32,bf16,fp16}", help=what)
+
+
+def add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+                   help="write the result as JSON to FILE, or to stdout when FILE is omitted")
+
+
+def add_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+
+
+def resolve_load(args) -> str:
+    """--load, or the positional alias some commands accept."""
+    load = args.load or getattr(args, "load_positional", None)
+    if not load:
+        raise UserError("--load is required")
+    return load
+
+
+def default_device(name: Optional[str]) -> str:
+    if name:
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def write_json(obj, dest: Optional[str]) -> None:
+    """`--json` output: stdout for '-', else FILE written under a temporary name and renamed."""
+    text = json.dumps(obj, indent=1)
+    if dest in (None, "-"):
+        print(text)
+        return
+    from ..atomic import write_text_atomic
+
+    write_text_atomic(Path(dest), text + "\n")
+
+
+def positive(name: str, value, allow_zero: bool = False) -> None:
+    """One-line check of a numeric flag."""
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UserError(f"{name}={value} must be {'>= 0' if allow_zero else '> 0'}")

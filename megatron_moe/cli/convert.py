@@ -1,0 +1,81 @@
+"""Convert a dense LLaMA-family checkpoint (HF, Meta, or ours) into an MoE checkpoint (LLaMA-MoE stage 1).
+
+    megatron-moe convert --load DENSE_DIR --save MOE_DIR --num-experts 16 --top-k 4 --method random [--verify]
+
+Methods: random, clustering, co-activation, gradient, sharing-inner, sharing-inter, upcycle
+(docs/expert_construction.md says when to use which). `--verify` exits 1 if the MoE with every expert at
+weight 1 differs from the dense model by more than 1e-4 (fp32). Bad input: one line on stderr, exit 2.
+"""
+from __future__ import annotations
+
+from .common import add_dtype, add_load, add_progress, add_save
+
+VERIFY_TOL = 1e-4  # fp32 forward on the stored weights, any --dtype (docs/expert_construction.md)
+
+
+def add_arguments(p) -> None:
+    from ..config import ROUTERS
+    from ..construct.partition import METHODS
+
+    add_load(p, "dense checkpoint directory (HF, Meta, or a dense megatron_moe checkpoint)")
+    add_save(p, "output MoE checkpoint directory (must not exist)")
+    p.add_argument("--num-experts", type=int, default=16, help="routed experts E")
+    p.add_argument("--top-k", type=int, default=4, help="experts per token K")
+    p.add_argument("--method", default="random", choices=METHODS, help="how neurons are assigned to experts")
+    p.add_argument("--router", "--gate", dest="router", default="noisy_topk", choices=ROUTERS,
+                   help="moe.router of the result (--gate: old spelling)")
+    p.add_argument("--gate-network", default="linear", choices=("linear", "mlp"), help="moe.gate_network")
+    p.add_argument("--score-scale", "--scale-factor", dest="score_scale", type=float, default=None,
+                   help="moe.score_scale s (default num_experts / top_k; --scale-factor: old spelling)")
+    p.add_argument("--num-shared-experts", type=int, default=0, help="sharing-inter: always-on shared experts")
+    p.add_argument("--seed", type=int, default=1227)
+    p.add_argument("--cluster-on", default="up", choices=("up", "gate"),
+                   help="clustering: rows of W_up or W_gate")
+    p.add_argument("--metric", default="l2", choices=("l2", "cosine"), help="clustering distance")
+    p.add_argument("--n-init", type=int, default=3, help="clustering: k-means restarts")
+    p.add_argument("--granularity", type=int, default=1, help="upcycle: FFN slices g")
+    p.add_argument("--coact-fn", default="abs", choices=("abs", "square", "identity"), help="co-activation f")
+    p.add_argument("--coact-threshold", type=float, default=0.0, help="co-activation: drop edges <= this")
+    p.add_argument("--calib-data", nargs="*", default=[], help="JSONL / text files / indexed-dataset prefixes")
+    p.add_argument("--calib-tokens", type=int, default=8192)
+    p.add_argument("--calib-seq-len", type=int, default=512)
+    p.add_argument("--calib-batch", type=int, default=4, help="calibration sequences per forward")
+    p.add_argument("--tokenizer", default=None, help="tokenizer for text calibration data (default: in --load)")
+    p.add_argument("--tp", type=int, default=1, help="target tensor-parallel size (validated)")
+    p.add_argument("--ep", type=int, default=1, help="target expert-parallel size (validated)")
+    add_dtype(p, None, "stored dtype (default: as the dense checkpoint)")
+    p.add_argument("--verify", action="store_true", help="compare dense vs MoE logits (all experts, weight 1)")
+    add_progress(p)
+
+
+def options(args):
+    from ..construct.convert import ConvertOptions
+
+    return ConvertOptions(
+        num_experts=args.num_experts, top_k=args.top_k, method=args.method, router=args.router,
+        gate_network=args.gate_network, score_scale=args.score_scale, num_shared_experts=args.num_shared_experts,
+        seed=args.seed, cluster_on=args.cluster_on, metric=args.metric, n_init=args.n_init,
+        granularity=args.granularity, coact_fn=args.coact_fn, coact_threshold=args.coact_threshold,
+        calib_data=list(args.calib_data), calib_tokens=args.calib_tokens, calib_seq_len=args.calib_seq_len,
+        calib_batch=args.calib_batch, tokenizer=args.tokenizer, tp=args.tp, ep=args.ep, dtype=args.dtype)
+
+
+def main(args) -> int:
+    import sys
+
+    from ..construct.convert import convert_dense_to_moe, verify_conversion
+
+    res = convert_dense_to_moe(args.load, args.save, options(args), progress=not args.no_progress)
+    print(f"wrote {res.path} ({args.method}, {res.moe.num_experts} experts x {res.moe.expert_ffn_size}, "
+          f"top-{res.moe.top_k}) in {res.seconds:.1f} s")
+    if not args.verify:
+        return 0
+    delta = verify_conversion(args.load, args.save)
+    if args.method == "sharing-inner":
+        print(f"verify: max |logit delta| = {delta:.3e} (sharing-inner is not lossless by design)")
+    elif delta > VERIFY_TOL:
+        print(f"error: verify failed: max |logit delta| = {delta:.3e} > {VERIFY_TOL:g}", file=sys.stderr)
+        return 1
+    else:
+        print(f"verify: max |logit delta| = {delta:.3e} <= {VERIFY_TOL:g} (all experts, weight 1)")
+    return 0

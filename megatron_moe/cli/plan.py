@@ -1,0 +1,54 @@
+"""Estimate per-GPU memory of a training config and suggest a layout that fits.
+
+    megatron-moe plan --config examples/configs/llama_moe_3.5b_4of16.yaml --gpus 16 --gpu-mem 80
+    megatron-moe plan --config CONFIG.yaml --gpus 8 --gpu-mem 40 parallel.ep=8 train.recompute=true
+
+Exit status: 0 when the configured layout fits, 1 when it does not (then a layout that fits with 10% margin is
+suggested, with its overrides, if one exists), 2 on bad input. Formulas: megatron_moe/memory_plan.py, docs/launch.md.
+"""
+from __future__ import annotations
+
+from .common import add_json, write_json
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--config", required=True, help="training YAML config")
+    p.add_argument("--gpus", type=int, required=True, help="world size (total GPUs)")
+    p.add_argument("--gpu-mem", type=float, default=80.0, help="memory per GPU in GiB")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="bounds tp and ep*etp in the search")
+    p.add_argument("--overhead-gib", type=float, default=4.0, help="CUDA context, NCCL, fragmentation")
+    p.add_argument("--a2a-imbalance", type=float, default=2.0, help="all-to-all receive headroom factor")
+    add_json(p)
+    p.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
+
+
+def main(args) -> int:
+    from ..config import load_config
+    from ..memory_plan import (MemoryPlanError, format_plan, layout_from_config, plan_fields, plan_memory,
+                               suggest_layout)
+
+    if args.gpus < 1 or args.gpu_mem <= 0 or args.gpus_per_node < 1:
+        raise MemoryPlanError(f"--gpus={args.gpus}, --gpu-mem={args.gpu_mem} and --gpus-per-node="
+                              f"{args.gpus_per_node} must be positive")
+    cfg = load_config(args.config, args.overrides)
+    opts = dict(overhead_gib=args.overhead_gib, a2a_imbalance=args.a2a_imbalance)
+    plan = plan_memory(cfg, layout_from_config(cfg, args.gpus), **opts)
+    fits = plan.fits(args.gpu_mem)
+    best = suggest_layout(cfg, args.gpus, args.gpu_mem, gpus_per_node=args.gpus_per_node, **opts)
+    if args.json:
+        write_json({"configured": plan_fields(plan), "fits": fits,
+                    "suggested": plan_fields(best) if best else None}, args.json)
+        return 0 if fits else 1
+    print(format_plan(cfg, plan, args.gpu_mem))
+    if fits:
+        return 0
+    if best is None:
+        print(f"no layout within {args.gpus_per_node} GPUs per node fits in {args.gpu_mem:g} GiB")
+    else:
+        print("\nsuggested:")
+        print(format_plan(cfg, best, args.gpu_mem))
+        lay = best.layout
+        print(f"overrides: parallel.tp={lay.tp} parallel.ep={lay.ep} parallel.sp={str(lay.sp).lower()} "
+              f"train.zero1={str(lay.zero1).lower()} train.recompute={str(lay.recompute).lower()} "
+              f"train.micro_batch_size={lay.micro_batch}" + (f" parallel.etp={lay.etp}" if lay.etp > 1 else ""))
+    return 1

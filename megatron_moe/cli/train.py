@@ -1,0 +1,33 @@
+"""Train: one process, or one rank of a torchrun / srun job (SLURM variables are detected).
+
+    megatron-moe train --config CONFIG.yaml [key.sub=value ...]                  # also: python -m megatron_moe.train
+    megatron-moe launch --nproc-per-node 8 -m megatron_moe.train --config CONFIG.yaml [key.sub=value ...]
+    megatron-moe train --check --world-size 8 --config CONFIG.yaml [...]        # preflight only, no training
+
+Restarting with the same logging.run_dir resumes from RUN_DIR/checkpoints/latest. Before any process group,
+output directory or model exists, the config, data, tokenizer, checkpoint and run directory are validated
+(training/preflight.py); a problem is one `error:` line and exit code 2.
+"""
+from __future__ import annotations
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--config", help="YAML config (defaults + overrides when omitted)")
+    p.add_argument("--check", action="store_true", help="validate config, data and checkpoint, then exit")
+    p.add_argument("--world-size", type=int, default=None,
+                   help="with --check: the job's world size (default: from the launcher, else 1)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.lr=1e-4 parallel.ep=2")
+
+
+def main(args) -> int:
+    from ..config import load_config
+    from ..training import run_training
+    from ..training.preflight import preflight
+
+    cfg = load_config(args.config, args.overrides)
+    if args.check:
+        report = preflight(cfg, args.world_size)
+        print(report.summary())
+        return 0
+    run_training(cfg)
+    return 0

@@ -1,0 +1,169 @@
+"""Everything a training job can check before a process group, an output directory or a model exists.
+
+    report = preflight(cfg, world_size)     # ConfigError / DataError / CheckpointError / OutputError: one line
+
+Every rank runs it at start-up (same config, same files, same answer), and `megatron-moe launch` and
+`megatron-moe train --check` run it once up front, so bad input costs seconds, not a scheduled job. Checks:
+  1. the model/moe config: from the run's latest checkpoint (resume) or `checkpoint.load`, with any model.* or
+     moe.* key the user set explicitly compared against it (training-time moe knobs may differ; anything that
+     changes the architecture is refused, since the checkpoint supplies the model);
+  2. the whole config for this world size (divisibility, batch split, every section's ranges);
+  3. the checkpoint(s): config.json, index, every part's metadata (safe reader) with names and global shapes
+     equal to the model's; for a resume also trainer_state.json and the optimizer part's metadata;
+  4. the data: every domain's .bin/.idx pair, enough tokens for a sample, validation samples when evaluating,
+     every token id below model.vocab_size (scanned when small enough, else checked per batch), and the
+     tokenizer's size;
+  5. the run directory can be created or written.
+Nothing is written.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ..config import Config, ConfigError
+
+log = logging.getLogger(__name__)
+
+# moe.* knobs that change training, not the parameters: a run may set them differently from its checkpoint
+TRAIN_TIME_MOE = frozenset({"aux_loss_coeff", "z_loss_coeff", "noisy_gate", "noise_epsilon", "switch_jitter",
+                            "bias_update_rate", "capacity_factor", "use_kernels", "balance_scope"})
+TRAIN_TIME_MODEL = frozenset({"max_seq_len", "init_std"})
+
+
+@dataclass
+class PreflightReport:
+    world_size: int
+    source: Optional[str] = None        # checkpoint the model comes from (None: initialised from train.seed)
+    resume: bool = False
+    domains: dict = field(default_factory=dict)   # name -> train samples per epoch
+
+    def summary(self) -> str:
+        src = f"{'resume from' if self.resume else 'weights from'} {self.source}" if self.source else "new model"
+        doms = ", ".join(f"{k} ({v} samples/epoch)" for k, v in self.domains.items())
+        return f"preflight ok: world size {self.world_size}, {src}; data {doms}"
+
+
+def apply_checkpoint_model(cfg: Config, ckpt) -> None:
+    """cfg.model / cfg.moe := the checkpoint's, after comparing the keys the user set explicitly."""
+    from ..checkpoint import read_config
+
+    model, moe, _ = read_config(ckpt)
+    theirs = {"model": model, "moe": moe}
+    for key in sorted(getattr(cfg, "explicit", ())):
+        section, name = key.split(".", 1)
+        mine, stored = getattr(getattr(cfg, section), name), getattr(theirs[section], name)
+        if mine == stored:
+            continue
+        if name in (TRAIN_TIME_MOE if section == "moe" else TRAIN_TIME_MODEL):
+            setattr(theirs[section], name, mine)
+            log.info("%s=%r from the config (the checkpoint has %r)", key, mine, stored)
+            continue
+        raise ConfigError(f"{key}={mine!r} differs from {stored!r} in {ckpt}/config.json, which supplies the "
+                          f"model when a checkpoint is loaded; remove {key} from the config (or convert again)")
+    cfg.model, cfg.moe = model, moe
+
+
+def check_checkpoint(cfg: Config, ckpt: Path, resume: bool) -> None:
+    """Index, part metadata (names, global shapes) against the model; trainer state and optimizer for a resume."""
+    import torch
+
+    from ..checkpoint import model_tensors, read_index
+    from ..checkpoint.store import part_metadata
+    from ..errors import CheckpointError
+    from ..model import build_model
+
+    with torch.device("meta"):
+        model = build_model(Config(model=cfg.model, moe=cfg.moe), recompute=False)
+    want = {n: tuple(t.shape) for n, t in model_tensors(model).items()}
+    index = read_index(ckpt)
+    where = {n: p for p, names in index["parts"].items() for n in names}
+    missing = [n for n in want if n not in where]
+    if missing:
+        raise CheckpointError(f"{ckpt}: checkpoint lacks {missing[0]!r} ({len(missing)} tensors missing) for "
+                              f"its own config.json")
+    for part in sorted(set(where[n] for n in want)):
+        md = part_metadata(ckpt / "model" / part)
+        for n in (n for n in want if where[n] == part):
+            if n not in md:
+                raise CheckpointError(f"{ckpt / 'model' / part}: part lacks {n!r}, which model/index.json lists")
+            if md[n][0] != want[n]:
+                raise CheckpointError(f"{ckpt / 'model' / part}: {n} has shape {md[n][0]} but config.json "
+                                      f"implies {want[n]}")
+    if resume:
+        from .checkpointing import OPTIMIZER_DIR, read_trainer_state
+
+        state = read_trainer_state(ckpt)
+        if not isinstance(state.get("step"), int) or not isinstance(state.get("data"), dict):
+            raise CheckpointError(f"{ckpt}/trainer_state.json: missing 'step' or 'data'")
+        if (ckpt / OPTIMIZER_DIR).is_dir():
+            part_metadata(ckpt / OPTIMIZER_DIR)
+
+
+def check_data(cfg: Config, world_size: int) -> dict:
+    """Open every domain as training will (pairs, packing, splits) and check token ids; {domain: samples/epoch}."""
+    from ..data import MultiDomainData
+    from ..data.indexed import check_vocab
+    from ..data.presets import DataError
+
+    if not cfg.data.domains:
+        raise DataError("data.domains is empty; configure at least one domain with its dataset prefixes")
+    V = cfg.model.vocab_size
+    for d in cfg.data.domains:
+        check_vocab(d.prefixes, V, f"domain {d.name}:")
+    data = MultiDomainData(cfg.data, cfg.train.global_batch_size, 0, cfg.parallel.dp(world_size))
+    if cfg.train.eval_interval:
+        for dom in data.domains:
+            if dom.valid.samples_per_epoch == 0:
+                raise DataError(f"domain {dom.name} has no validation samples ({dom.valid.tokens} tokens) but "
+                                f"train.eval_interval={cfg.train.eval_interval}; raise data.valid_fraction")
+    if cfg.data.tokenizer:
+        from ..data import load_tokenizer
+
+        tok = load_tokenizer(cfg.data.tokenizer)
+        if tok.vocab_size > V:
+            raise DataError(f"data.tokenizer {cfg.data.tokenizer} has {tok.vocab_size} tokens, more than "
+                            f"model.vocab_size={V}")
+    return dict(data.samples_per_epoch)
+
+
+def check_run_dir(run_dir: str) -> None:
+    from ..atomic import OutputError
+
+    p = Path(run_dir)
+    if p.exists():
+        if not p.is_dir():
+            raise OutputError(f"logging.run_dir={run_dir} is a file, not a directory")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise OutputError(f"logging.run_dir={run_dir} is not writable")
+        return
+    probe = p.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"logging.run_dir={run_dir} cannot be created ({probe} is not a writable directory)")
+
+
+def preflight(cfg: Config, world_size: Optional[int] = None) -> PreflightReport:
+    """Run checks 1-5 of the module docstring; mutates cfg (model/moe from the checkpoint) and returns a report."""
+    from ..checkpoint import resolve
+    from ..parallel import detect_launch_env
+    from .checkpointing import latest_checkpoint
+
+    world = world_size if world_size is not None else detect_launch_env().world_size
+    check_run_dir(cfg.logging.run_dir)
+    latest = latest_checkpoint(cfg.logging.run_dir)
+    source = latest or (resolve(cfg.checkpoint.load) if cfg.checkpoint.load else None)
+    if source is not None:
+        apply_checkpoint_model(cfg, source)
+    cfg.validate(world)
+    if source is not None:
+        check_checkpoint(cfg, Path(source), resume=latest is not None)
+    report = PreflightReport(world_size=world, source=str(source) if source else None, resume=latest is not None)
+    report.domains = check_data(cfg, world)
+    log.debug("preflight: %s", json.dumps(report.__dict__))
+    return report
