@@ -28,6 +28,11 @@ _TOP_MAP = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "n
 SUPPORTED_ARCHS = ("LlamaForCausalLM",)
 
 
+def _plain_file_name(name) -> bool:
+    """An index entry that names a file inside the checkpoint directory (no paths, no '..')."""
+    return isinstance(name, str) and bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
+
+
 def hf_to_canonical(name: str) -> str | None:
     if name in _TOP_MAP:
         return _TOP_MAP[name]
@@ -122,6 +127,9 @@ class HFLlamaReader:
                     weight_map = json.loads(idx.read_text())["weight_map"]
                 except (json.JSONDecodeError, KeyError):
                     raise CheckpointError(f"{idx}: not a valid index (needs a 'weight_map')") from None
+                bad = [f for f in weight_map.values() if not _plain_file_name(f)]
+                if bad:
+                    raise CheckpointError(f"{idx}: shard name {bad[0]!r} is not a file in {self.path}")
                 out = {}
                 for hf_name, fname in weight_map.items():
                     if (c := hf_to_canonical(hf_name)) is not None:

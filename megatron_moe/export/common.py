@@ -166,6 +166,11 @@ class HFTensors:
                     weight_map = json.loads(idx.read_text())["weight_map"]
                 except (json.JSONDecodeError, KeyError, TypeError):
                     raise self._err(f"{idx}: not a valid index (needs a 'weight_map')") from None
+                from ..construct.hf_llama import _plain_file_name
+
+                bad = [v for v in weight_map.values() if not _plain_file_name(v)]
+                if bad:
+                    raise self._err(f"{idx}: shard name {bad[0]!r} is not a file in {self.path}")
                 out = {k: self.path / v for k, v in weight_map.items()}
                 for f in sorted(set(out.values())):
                     if not f.is_file():

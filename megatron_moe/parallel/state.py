@@ -54,6 +54,14 @@ class ParallelState:
         return self.rank == 0
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _device_for(backend: str, local_rank: int) -> torch.device:
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
@@ -71,6 +79,8 @@ def init_parallel(cfg: ParallelConfig, env: Optional[LaunchEnv] = None, timeout_
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", env.master_addr)
+        if env.launcher == "single" and "MASTER_PORT" not in os.environ:
+            os.environ["MASTER_PORT"] = str(_free_port())  # two plain `python` runs on one machine must not collide
         os.environ.setdefault("MASTER_PORT", str(env.master_port))
         dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s))
