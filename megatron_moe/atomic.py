@@ -55,6 +55,24 @@ def fsync_tree(path: Path) -> None:
         fsync_dir(Path(root))
 
 
+def probe_writable(directory: Path, target: Path) -> None:
+    """OutputError unless files can be created in `directory` (or, if it does not exist yet, in its nearest
+    existing ancestor, where it would be created). Tries it: permission bits lie to root and on /proc."""
+    import tempfile
+
+    probe = Path(directory)
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"cannot write {target}: {probe} is a file, not a directory")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-probe-", dir=probe)
+    except OSError as err:
+        raise OutputError(f"cannot write {target}: {probe} is not writable ({err.strerror})") from None
+    os.close(fd)
+    os.unlink(name)
+
+
 def check_output(path: str | Path, overwrite: bool = False, flag: str = "--save") -> Path:
     """Validate an output path before any work: it must not exist (unless `overwrite`), and its parent must be a
     writable directory or creatable under one. Returns the path; raises OutputError with one line."""
@@ -63,14 +81,7 @@ def check_output(path: str | Path, overwrite: bool = False, flag: str = "--save"
         raise OutputError(f"{p} already exists; choose another {flag} or remove it")
     if p.exists() and overwrite and not (p.is_dir() or p.is_file()):
         raise OutputError(f"{p} exists and is not a file or directory")
-    parent = p.parent if str(p.parent) else Path(".")
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise OutputError(f"cannot write {p}: {probe} is a file, not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write {p}: {probe} is not writable")
+    probe_writable(p.parent if str(p.parent) else Path("."), p)
     return p
 
 

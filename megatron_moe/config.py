@@ -32,8 +32,8 @@ def _at_least(section: str, obj, names: tuple, low: float, strict: bool = False)
         v = getattr(obj, name)
         if v is None:
             continue
-        if isinstance(v, float) and v != v:
-            raise ConfigError(f"{section}.{name}=nan is not a number")
+        if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+            raise ConfigError(f"{section}.{name}={v} must be a finite number")
         if v < low or (strict and v == low):
             raise ConfigError(f"{section}.{name}={v} must be {'>' if strict else '>='} {low:g}")
 
@@ -391,9 +391,7 @@ class TrainConfig:
                      "log_interval"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
-        for name in ("lr", "warmup_steps", "weight_decay", "clip_grad", "eval_interval"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 0")
+        _at_least("train", self, ("lr", "warmup_steps", "weight_decay", "clip_grad", "eval_interval"), 0)
         _at_least("train", self, ("exit_interval",), 1)
         _at_least("train", self, ("adam_eps",), 0, strict=True)
         if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):

@@ -41,7 +41,7 @@ def launch_rank() -> int:
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level if launch_rank() == 0 else logging.WARNING,
+    logging.basicConfig(level=level if launch_rank() == 0 else logging.ERROR,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("megatron", "megatron.core", "megatron_fsdp", "torch.distributed.checkpoint"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

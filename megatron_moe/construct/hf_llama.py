@@ -9,7 +9,7 @@ from typing import Iterator
 
 import torch
 
-from ..config import ModelConfig
+from ..config import ConfigError, ModelConfig
 from ..errors import CheckpointError
 
 _LAYER_MAP = {
@@ -59,7 +59,7 @@ def model_config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
         raise CheckpointError(f"{where}: unsupported architecture {archs or hf.get('model_type')!r}; "
                               f"expected a dense LLaMA ({', '.join(SUPPORTED_ARCHS)})")
     try:
-        return ModelConfig(hidden_size=hf["hidden_size"], intermediate_size=hf["intermediate_size"],
+        cfg = ModelConfig(hidden_size=hf["hidden_size"], intermediate_size=hf["intermediate_size"],
                            num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
                            num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
                            vocab_size=hf["vocab_size"], max_seq_len=hf.get("max_position_embeddings", 4096),
@@ -68,6 +68,11 @@ def model_config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
                            bos_token_id=hf.get("bos_token_id", 1) or 1, eos_token_id=hf.get("eos_token_id", 2) or 2)
     except KeyError as err:
         raise CheckpointError(f"{where}: missing key {err.args[0]!r}") from None
+    try:
+        cfg.validate()
+    except ConfigError as err:
+        raise CheckpointError(f"{where}: {err}") from None
+    return cfg
 
 
 def hf_config_from_model(cfg: ModelConfig) -> dict:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -132,20 +131,15 @@ def check_data(cfg: Config, world_size: int) -> dict:
 
 
 def check_run_dir(run_dir: str) -> None:
-    from ..atomic import OutputError
+    from ..atomic import OutputError, probe_writable
 
     p = Path(run_dir)
-    if p.exists():
-        if not p.is_dir():
-            raise OutputError(f"logging.run_dir={run_dir} is a file, not a directory")
-        if not os.access(p, os.W_OK | os.X_OK):
-            raise OutputError(f"logging.run_dir={run_dir} is not writable")
-        return
-    probe = p.parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise OutputError(f"logging.run_dir={run_dir} cannot be created ({probe} is not a writable directory)")
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"logging.run_dir={run_dir} is a file, not a directory")
+    try:
+        probe_writable(p, p)
+    except OutputError as err:
+        raise OutputError(f"logging.run_dir={run_dir} cannot be created or written ({err})") from None
 
 
 def preflight(cfg: Config, world_size: Optional[int] = None) -> PreflightReport:
