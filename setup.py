@@ -37,10 +37,11 @@ EXTRAS = {
 setup(
     name="megatron_moe",
     version="0.1.0",
-    description="Build Mixture-of-Experts models from dense LLaMA-2 checkpoints and continue pre-training them",
+    description="Build Mixture-of-Experts models from dense LLaMA-family checkpoints and continue pre-training them",
     python_requires=">=3.10",
     packages=find_packages(include=["megatron_moe", "megatron_moe.*"]) + ["moe_kernels"],
     package_dir={"moe_kernels": "kernels"},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
+    entry_points={"console_scripts": ["megatron-moe=megatron_moe.cli:main"]},
 )

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Continual pre-training on one node with torchrun (--standalone picks a free port, so two jobs can share a node).
+# Continual pre-training on one node with torchrun (--standalone picks a free port, so two jobs can share a node),
+# through `megatron-moe launch`: torchrun's options, plus a preflight check of config, data and checkpoint before
+# any worker starts, one `error:` line (exit 2) for bad input, and the elastic-restart setting torch 2.13 needs.
 #
 #   CONFIG=examples/configs/llama_moe_3.5b_4of16.yaml examples/pretrain_torchrun.sh
 #   NPROC=4 OVERRIDES="train.micro_batch_size=1 train.recompute=true" examples/pretrain_torchrun.sh
@@ -11,6 +13,8 @@
 #   RUN_DIR    run directory for logs, metrics and checkpoints (default: the config's logging.run_dir);
 #              restarting with the same RUN_DIR resumes from its latest checkpoint.
 #   OVERRIDES  space-separated key.sub=value overrides (values without spaces).
+#   MAX_RESTARTS  torchrun --max-restarts: restart the workers this many times after a failure (default 0);
+#              a restart resumes from the latest checkpoint.
 #   PYTHON     interpreter (default python).
 set -euo pipefail
 
@@ -38,5 +42,5 @@ args+=("$@")
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 
 echo "torchrun: $NPROC processes, config $CONFIG"
-exec "$PYTHON" -m torch.distributed.run --standalone --nnodes 1 --nproc-per-node "$NPROC" \
-    -m megatron_moe.train "${args[@]}"
+exec "$PYTHON" -m megatron_moe.cli launch --standalone --nnodes 1 --nproc-per-node "$NPROC" \
+    --max-restarts "${MAX_RESTARTS:-0}" -m megatron_moe.train "${args[@]}"

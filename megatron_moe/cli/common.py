@@ -40,9 +40,26 @@ def launch_rank() -> int:
     return 0
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now (commands also run in-process, e.g. under pytest's capture)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level if launch_rank() == 0 else logging.ERROR,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    """Rank 0 logs INFO to stderr, other ranks only errors; megatron/DCP chatter is kept at WARNING."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
+        root.addHandler(handler)
+    root.setLevel(level if launch_rank() == 0 else logging.ERROR)
     for noisy in ("megatron", "megatron.core", "megatron_fsdp", "torch.distributed.checkpoint"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -116,6 +116,11 @@ class MetaLlamaReader:
             t = meta_to_hf_rows(t, self.config.kv_heads)
         want = self.shapes[name]
         if tuple(t.shape) != want:
+            if dim is not None and want[dim] % parts[0].shape[dim] == 0 and want[dim] != t.shape[dim]:
+                n = want[dim] // parts[0].shape[dim]
+                raise CheckpointError(f"{self.path}: {meta} merged from {len(parts)} consolidated.*.pth shards has "
+                                      f"shape {tuple(t.shape)} but params.json implies {want}, which takes {n} "
+                                      f"shards: a shard is missing or extra")
             raise CheckpointError(f"{self.path}: {meta} has merged shape {tuple(t.shape)} but params.json implies {want}")
         return t
 

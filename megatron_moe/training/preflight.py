@@ -158,6 +158,11 @@ def preflight(cfg: Config, world_size: Optional[int] = None) -> PreflightReport:
     if source is not None:
         check_checkpoint(cfg, Path(source), resume=latest is not None)
     report = PreflightReport(world_size=world, source=str(source) if source else None, resume=latest is not None)
-    report.domains = check_data(cfg, world)
+    quiet = logging.getLogger("megatron_moe.data")
+    level, quiet.level = quiet.level, logging.WARNING  # the trainer logs the data summary when it opens the data
+    try:
+        report.domains = check_data(cfg, world)
+    finally:
+        quiet.setLevel(level)
     log.debug("preflight: %s", json.dumps(report.__dict__))
     return report

@@ -58,8 +58,8 @@ def test_torchrun_script_passes_config_run_dir_and_overrides(tmp_path):
     proc = _run("pretrain_torchrun.sh", env, "train.train_steps=10")
     assert proc.returncode == 0, proc.stderr
     assert log.read_text().splitlines() == [
-        "python -m torch.distributed.run --standalone --nnodes 1 --nproc-per-node 4 -m megatron_moe.train "
-        "--config examples/configs/llama_moe_3.5b_2of8.yaml logging.run_dir=/shared/runs/x "
+        "python -m megatron_moe.cli launch --standalone --nnodes 1 --nproc-per-node 4 --max-restarts 0 "
+        "-m megatron_moe.train --config examples/configs/llama_moe_3.5b_2of8.yaml logging.run_dir=/shared/runs/x "
         "train.recompute=true train.micro_batch_size=1 train.train_steps=10"]
 
 
@@ -69,24 +69,41 @@ def test_slurm_script_builds_rendezvous(tmp_path, launcher):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     _stub(bin_dir / "srun", log)
+    python = _stub(bin_dir / "python", log)
     _stub(bin_dir / "scontrol", tmp_path / "scontrol.log", body='printf "gpu-003\\ngpu-004\\n"')
-    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "LAUNCHER": launcher, "SLURM_JOB_NODELIST": "gpu-[003-004]",
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(python), "LAUNCHER": launcher,
+           "SLURM_JOB_NODELIST": "gpu-[003-004]",
            "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_ID": "77", "SLURM_JOB_NAME": "moe", "SLURM_CPUS_ON_NODE": "64",
            "SLURM_SUBMIT_DIR": str(ROOT), "RUN_DIR": str(tmp_path / "run")}
     proc = _run("pretrain_slurm.sbatch", env, "train.train_steps=5")
     assert proc.returncode == 0, proc.stderr
-    (call,) = log.read_text().splitlines()
+    check, call = log.read_text().splitlines()  # the preflight on the batch host, then the job step
     args = f"--config examples/configs/llama_moe_3.0b_2of16.yaml logging.run_dir={tmp_path / 'run'} train.train_steps=5"
+    assert check == f"python -m megatron_moe.train --check --world-size 16 {args}"
     if launcher == "torchrun":
-        assert call == ("srun --kill-on-bad-exit=1 --ntasks=2 --ntasks-per-node=1 --cpus-per-task=64 python -m "
-                        "torch.distributed.run --nnodes 2 --nproc-per-node 8 --rdzv-id 77 --rdzv-backend c10d "
-                        f"--rdzv-endpoint gpu-003:29500 -m megatron_moe.train {args}")
+        assert call == ("srun --kill-on-bad-exit=1 --ntasks=2 --ntasks-per-node=1 --cpus-per-task=64 "
+                        f"{python} -m megatron_moe.cli launch --max-restarts 0 --nnodes 2 --nproc-per-node 8 "
+                        f"--rdzv-id 77 --rdzv-backend c10d --rdzv-endpoint gpu-003:29500 -m megatron_moe.train {args}")
     else:
         assert call == ("srun --kill-on-bad-exit=1 --ntasks=16 --ntasks-per-node=8 --cpus-per-task=8 "
-                        f"python -m megatron_moe.train {args}")
+                        f"{python} -m megatron_moe.train {args}")
     assert (tmp_path / "run").is_dir()
 
 
 def test_slurm_script_outside_slurm_fails_clearly():
     proc = _run("pretrain_slurm.sbatch", {"SLURM_SUBMIT_DIR": str(ROOT)})
     assert proc.returncode != 0 and "sbatch" in proc.stderr
+
+
+def test_slurm_script_stops_when_the_preflight_fails(tmp_path):
+    log = tmp_path / "calls.log"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _stub(bin_dir / "srun", log)
+    python = _stub(bin_dir / "python", tmp_path / "python.log", body='echo "error: bad config" >&2; exit 2')
+    _stub(bin_dir / "scontrol", tmp_path / "scontrol.log", body='printf "gpu-003\\n"')
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(python), "SLURM_JOB_NODELIST": "gpu-003",
+           "SLURM_JOB_NUM_NODES": "1", "SLURM_SUBMIT_DIR": str(ROOT), "RUN_DIR": str(tmp_path / "run")}
+    proc = _run("pretrain_slurm.sbatch", env)
+    assert proc.returncode == 2 and "error: bad config" in proc.stderr
+    assert not log.exists() and not (tmp_path / "run").exists()  # no job step, no run directory
