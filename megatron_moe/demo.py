@@ -70,7 +70,7 @@ def main() -> None:
     py = sys.executable
 
     banner("1/7 data: corpus from this machine's Python sources and docs -> tokenizer -> indexed datasets")
-    from .data.demo import prepare_demo_data
+    from .data.local_corpus import prepare_demo_data
 
     data = prepare_demo_data(out / "data")
     for d, st in data["stats"].items():

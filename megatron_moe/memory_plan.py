@@ -144,7 +144,7 @@ def count_params(cfg: Config) -> ParamCounts:
     """Total and activated parameter counts of the model `cfg` describes."""
     m, moe = cfg.model, cfg.moe
     D = m.hidden_size
-    kv = m.kv_heads * m.head_dim
+    kv = m.kv_heads * m.head_width
     n_moe, n_dense = _layer_kinds(cfg)
     per_layer_common = 2 * D * D + 2 * D * kv + 2 * D  # attention + two norms
     dense = 2 * m.vocab_size * D + D + m.num_layers * per_layer_common + n_dense * 3 * D * m.intermediate_size
@@ -161,7 +161,7 @@ def local_params(cfg: Config, layout: Layout) -> tuple[int, int]:
     """(dense, expert) parameters held by one rank of `layout`."""
     m, moe = cfg.model, cfg.moe
     D, t = m.hidden_size, layout.tp
-    kv = m.kv_heads * m.head_dim
+    kv = m.kv_heads * m.head_width
     n_moe, n_dense = _layer_kinds(cfg)
     dense = (2 * m.vocab_size * D // t + D + m.num_layers * ((2 * D * D + 2 * D * kv) // t + 2 * D)
              + n_dense * 3 * D * m.intermediate_size // t)
@@ -183,7 +183,7 @@ def layer_activation_bytes(cfg: Config, layout: Layout, moe_layer: bool) -> floa
     a, D, t = _act_bytes(cfg), m.hidden_size, layout.tp
     sigma = t if layout.sp else 1
     T = cfg.data.seq_len * layout.micro_batch
-    kv = m.kv_heads * m.head_dim
+    kv = m.kv_heads * m.head_width
     attn = a * T * D / sigma + a * T * D + a * T * (D + 2 * kv) / t + a * T * D / t + 4 * T * m.num_heads / t
     mlp = a * T * D / sigma
     if moe_layer:

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from ..errors import UserError
@@ -37,31 +38,39 @@ def load_fractions(counts_LE: torch.Tensor) -> torch.Tensor:
     return counts_LE / counts_LE.sum(-1, keepdim=True).clamp(min=1)
 
 
+def heatmap_data(loads: dict[str, torch.Tensor], layer_ids: Sequence[int]) -> dict[str, tuple]:
+    """What plot_expert_load draws: {png name: (title, row labels, fractions [rows, E])}: one heatmap per domain
+    (layers x experts) and one per layer (domains x experts)."""
+    fracs = {d: load_fractions(c).numpy() for d, c in loads.items()}
+    E = next(iter(fracs.values())).shape[1]
+    out = {}
+    for dom, f_LE in fracs.items():
+        out[f"expert_load_{_safe(dom)}.png"] = (f"expert load: {dom} (uniform = {1 / E:.3f})",
+                                                [str(i) for i in layer_ids], f_LE)
+    names = list(fracs)
+    for row, layer in enumerate(layer_ids):
+        out[f"expert_load_layer_{layer:03d}.png"] = (f"layer {layer}: expert load per domain", names,
+                                                     np.stack([fracs[d][row] for d in names]))
+    return out
+
+
 def plot_expert_load(loads: dict[str, torch.Tensor], layer_ids: Sequence[int], out_dir: str | Path) -> list[Path]:
-    """One heatmap per domain (layers x experts) and one per layer (domains x experts)."""
+    """Draw `heatmap_data` (one PNG each) into out_dir; returns the paths."""
     plt = _plt()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fracs = {d: load_fractions(c).numpy() for d, c in loads.items()}
-    E = next(iter(fracs.values())).shape[1]
-    vmax = max(float(f.max()) for f in fracs.values())
+    data = heatmap_data(loads, layer_ids)
+    vmax = max(float(m.max()) for _, _, m in data.values())
     paths = []
-    for dom, f_LE in fracs.items():
-        fig, ax = plt.subplots(figsize=(max(4, 0.4 * E + 2), max(2.5, 0.35 * len(layer_ids) + 1.5)))
-        im = ax.imshow(f_LE, aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
-        ax.set(xlabel="expert", ylabel="layer", title=f"expert load: {dom} (uniform = {1 / E:.3f})")
-        ax.set_yticks(range(len(layer_ids)), [str(i) for i in layer_ids])
+    for name, (title, rows, matrix) in data.items():
+        E = matrix.shape[1]
+        fig, ax = plt.subplots(figsize=(max(4, 0.4 * E + 2), max(2.5, 0.35 * len(rows) + 1.5)))
+        im = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
+        ax.set(xlabel="expert", ylabel="domain" if name.startswith("expert_load_layer") else "layer",
+               title=title)
+        ax.set_yticks(range(len(rows)), rows)
         fig.colorbar(im, ax=ax, label="fraction of routed tokens")
-        paths.append(_save(fig, out / f"expert_load_{_safe(dom)}.png"))
-        plt.close(fig)
-    names = list(fracs)
-    for row, layer in enumerate(layer_ids):
-        fig, ax = plt.subplots(figsize=(max(4, 0.4 * E + 2), max(2.5, 0.4 * len(names) + 1.5)))
-        im = ax.imshow([fracs[d][row] for d in names], aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
-        ax.set(xlabel="expert", title=f"layer {layer}: expert load per domain")
-        ax.set_yticks(range(len(names)), names)
-        fig.colorbar(im, ax=ax, label="fraction of routed tokens")
-        paths.append(_save(fig, out / f"expert_load_layer_{layer:03d}.png"))
+        paths.append(_save(fig, out / name))
         plt.close(fig)
     return paths
 

@@ -164,3 +164,31 @@ def iter_tensors(path: str | Path, names: Optional[Iterable[str]] = None,
 
 def read_tensors(path: str | Path, names: Optional[Iterable[str]] = None) -> dict[str, torch.Tensor]:
     return dict(iter_tensors(path, names))
+
+
+class PartReader:
+    """Full tensors of one of our checkpoints by canonical name, reading (and keeping) one part at a time: the
+    `.get(name)` interface of the format readers (formats/), for streaming over layers."""
+
+    def __init__(self, path: str | Path):
+        self.path = resolve(path)
+        self.index = read_index(self.path)
+        self.part_of = {n: p for p, names in self.index["parts"].items() for n in names}
+        self._part: Optional[str] = None
+        self._tensors: dict[str, torch.Tensor] = {}
+
+    def names(self) -> list[str]:
+        return list(self.part_of)
+
+    def get(self, name: str) -> torch.Tensor:
+        part = self.part_of.get(name)
+        if part is None:
+            raise CheckpointError(f"{self.path}: checkpoint lacks {name!r}")
+        if part != self._part:
+            self._tensors, self._part = {}, None
+            self._tensors = read_tensors(self.path, self.index["parts"][part])
+            self._part = part
+        return self._tensors[name]
+
+    def release(self) -> None:
+        self._tensors, self._part = {}, None

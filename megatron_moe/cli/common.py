@@ -27,8 +27,6 @@ from ..errors import UserError
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
 LAUNCHED_BY = "MEGATRON_MOE_LAUNCH"  # set by `megatron-moe launch` for its workers
-DTYPE_NAMES = ("fp32", "bf16", "fp16")
-DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
 
 
 # ------------------------------------------------------------------------------------------- ranks
@@ -122,20 +120,20 @@ class Parser(argparse.ArgumentParser):
 
 
 def dtype_name(text: str) -> str:
-    """Canonical dtype name (fp32/bf16/fp16) of a flag value; accepts the torch spellings too."""
-    name = DTYPE_ALIASES.get(text, text)
-    if name not in DTYPE_NAMES:
-        raise argparse.ArgumentTypeError(f"invalid dtype {text!r} (choose from {', '.join(DTYPE_NAMES)})")
+    """Canonical dtype name (fp32/bf16/fp16) of a flag value; accepts the torch spellings too (megatron_moe/dtypes.py)."""
+    from ..dtypes import DTYPES, canonical_dtype_name
+
+    name = canonical_dtype_name(text)
+    if name is None:
+        raise argparse.ArgumentTypeError(f"invalid dtype {text!r} (choose from {', '.join(DTYPES)})")
     return name
 
 
 def torch_dtype(name: Optional[str]):
     """torch dtype of a canonical name; None stays None (keep the stored dtype)."""
-    if name is None:
-        return None
-    import torch
+    from ..dtypes import to_dtype
 
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name(name)]
+    return to_dtype(name)
 
 
 def add_load(p: argparse.ArgumentParser, what: str, positional_alias: bool = False) -> None:

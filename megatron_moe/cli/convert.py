@@ -45,6 +45,9 @@ def add_arguments(p) -> None:
     p.add_argument("--ep", type=int, default=1, help="target expert-parallel size (validated)")
     add_dtype(p, None, "stored dtype (default: as the dense checkpoint)")
     p.add_argument("--verify", action="store_true", help="compare dense vs MoE logits (all experts, weight 1)")
+    p.add_argument("--ignore-config-field", action="append", default=[], metavar="FIELD",
+                   help="accept this config.json field although megatron_moe does not know it (repeatable); only "
+                        "for fields you have checked do not change the computation")
     add_progress(p)
 
 
@@ -57,7 +60,8 @@ def options(args):
         seed=args.seed, cluster_on=args.cluster_on, metric=args.metric, n_init=args.n_init,
         granularity=args.granularity, coact_fn=args.coact_fn, coact_threshold=args.coact_threshold,
         calib_data=list(args.calib_data), calib_tokens=args.calib_tokens, calib_seq_len=args.calib_seq_len,
-        calib_batch=args.calib_batch, tokenizer=args.tokenizer, tp=args.tp, ep=args.ep, dtype=args.dtype)
+        calib_batch=args.calib_batch, tokenizer=args.tokenizer, tp=args.tp, ep=args.ep, dtype=args.dtype,
+        ignore_fields=list(args.ignore_config_field))
 
 
 def main(args) -> int:
@@ -70,7 +74,7 @@ def main(args) -> int:
           f"top-{res.moe.top_k}) in {res.seconds:.1f} s")
     if not args.verify:
         return 0
-    delta = verify_conversion(args.load, args.save)
+    delta = verify_conversion(args.load, args.save, ignore_fields=args.ignore_config_field)
     if args.method == "sharing-inner":
         print(f"verify: max |logit delta| = {delta:.3e} (sharing-inner is not lossless by design)")
     elif delta > VERIFY_TOL:

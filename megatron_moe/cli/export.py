@@ -11,11 +11,11 @@ from .common import add_dtype, add_load, add_save, positive, torch_dtype
 
 
 def add_arguments(p) -> None:
-    from ..export import FORMATS
+    from ..formats import EXPORT_FORMATS
 
     add_load(p, "checkpoint directory, or a run directory (uses its latest checkpoint)")
     add_save(p, "output HF directory (must not exist)")
-    p.add_argument("--format", required=True, choices=list(FORMATS), help="target layout")
+    p.add_argument("--format", required=True, choices=list(EXPORT_FORMATS), help="target layout")
     add_dtype(p, None, "output dtype (default: as stored)")
     p.add_argument("--max-shard-gb", type=float, default=5.0, help="largest safetensors shard, GiB")
 

@@ -11,6 +11,9 @@ def add_arguments(p) -> None:
     add_load(p, "dense checkpoint directory (HF config.json + weights, or Meta params.json + consolidated.*.pth)")
     add_save(p, "output checkpoint directory (must not exist)")
     add_dtype(p, "fp32", "stored dtype")
+    p.add_argument("--ignore-config-field", action="append", default=[], metavar="FIELD",
+                   help="accept this config.json field although megatron_moe does not know it (repeatable); only "
+                        "for fields you have checked do not change the computation")
     add_progress(p)
 
 
@@ -19,6 +22,7 @@ def main(args) -> int:
     from ..construct.import_dense import import_dense
 
     check_output(args.save)
-    out = import_dense(args.load, args.save, torch_dtype(args.dtype), progress=not args.no_progress)
+    out = import_dense(args.load, args.save, torch_dtype(args.dtype), progress=not args.no_progress,
+                       ignore_fields=args.ignore_config_field)
     print(f"wrote {out}")
     return 0

@@ -1,4 +1,4 @@
-"""Dense LLaMA-2 -> MoE checkpoint (LLaMA-MoE stage 1), streamed one decoder layer at a time.
+"""Dense LLaMA-family model -> MoE checkpoint (LLaMA-MoE stage 1), streamed one decoder layer at a time.
 
     result = convert_dense_to_moe("llama-2-7b-hf", "moe-ckpt", ConvertOptions(num_experts=16, top_k=4))
     delta = verify_conversion("llama-2-7b-hf", "moe-ckpt")        # max |logit delta|, all experts, weight 1
@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..checkpoint import CheckpointWriter, config_dict
 from ..checkpoint.store import copy_tokenizer
-from ..config import ConfigError, ModelConfig, MoEConfig, ParallelConfig
+from ..config import ModelConfig, MoEConfig, ParallelConfig
+from ..dtypes import DTYPES
 from ..errors import UserError
 from . import calibration as calib
 from .dense import detect_format, open_dense
@@ -36,9 +38,6 @@ from .partition import (DATA_DRIVEN, METHODS, build_expert_weights, build_shared
                         sharing_inter_partition, upcycle_partition)
 
 log = logging.getLogger(__name__)
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-ATTN_KEYS = ("attn_norm.weight", "attn.wq.weight", "attn.wk.weight", "attn.wv.weight", "attn.wo.weight",
-             "mlp_norm.weight")
 
 
 class ConstructionError(UserError):
@@ -69,6 +68,7 @@ class ConvertOptions:
     tp: int = 1
     ep: int = 1
     dtype: Optional[str] = None     # bf16 | fp16 | fp32; None keeps the dense checkpoint's dtype
+    ignore_fields: list = field(default_factory=list)  # config.json fields accepted although unknown
 
 
 @dataclass
@@ -188,7 +188,7 @@ def convert_dense_to_moe(load: str | Path, save: str | Path, o: ConvertOptions, 
         raise ConstructionError(f"--cluster-on {o.cluster_on!r} is not one of up, gate")
     if Path(save).exists():
         raise ConstructionError(f"{save} already exists; choose another --save or remove it")
-    reader = open_dense(load)
+    reader = open_dense(load, o.ignore_fields)
     cfg = reader.config
     moe = build_moe_config(cfg, o)
     out_dtype = DTYPES[o.dtype] if o.dtype else None
@@ -204,7 +204,7 @@ def convert_dense_to_moe(load: str | Path, save: str | Path, o: ConvertOptions, 
         _release(reader)
         for i in tqdm(range(cfg.num_layers), desc=f"convert ({o.method})", unit="layer", disable=not progress):
             p = f"layers.{i}."
-            part = {p + k: cast(reader.get(p + k)) for k in ATTN_KEYS}
+            part = {n: cast(reader.get(n)) for n in reader.names() if n.startswith(p) and ".mlp." not in n}
             w1, w3, w2 = (reader.get(p + f"mlp.{k}.weight") for k in ("w1", "w3", "w2"))
             if moe.is_moe_layer(i):
                 routed, shared = assigner(i, w1, w3)
@@ -226,8 +226,7 @@ def convert_dense_to_moe(load: str | Path, save: str | Path, o: ConvertOptions, 
             _release(reader)  # before writing: the shard's mapped pages are not needed any more
             w.add_part(f"layer_{i:03d}", part)
             del part
-        w.add_part("final", {"norm.weight": cast(reader.get("norm.weight")),
-                             "lm_head.weight": cast(reader.get("lm_head.weight"))})
+        w.add_part("final", {n: cast(reader.get(n)) for n in ("norm.weight", "lm_head.weight") if n in reader.names()})
         record.update(assigner.info)
         w.write_json("construction.json", record)
         copy_tokenizer(load, w)
@@ -238,93 +237,46 @@ def convert_dense_to_moe(load: str | Path, save: str | Path, o: ConvertOptions, 
 
 # ------------------------------------------------------------------------------------------ verify
 @torch.no_grad()
-def verify_conversion(load: str | Path, save: str | Path, seed: int = 0) -> float:
-    """Max |logit delta| between the dense and the converted MoE model of this project
-    (megatron_moe.model), every expert selected at routing weight 1 (`force_all_experts`), fp32, on the
-    stored weights (the dense side is rounded to the MoE checkpoint's dtype first). Upcycled experts'
-    w2 is scaled by g/E (E/g copies of each slice). Both whole models are in memory: for 7B-sized
-    checkpoints use verify_streamed."""
+def verify_conversion(load: str | Path, save: str | Path, seed: int = 0, batch: int = 2, seq_len: int = 32,
+                      ignore_fields=()) -> float:
+    """Max |logit delta| between the dense model at `load` and the converted MoE at `save`, every expert selected
+    at routing weight 1 (`force_all_experts`; upcycled experts' w2 scaled by g/E, as E/g copies of each slice
+    would otherwise add up), in fp32 on the stored weights (the dense side rounded to the MoE checkpoint's dtype
+    first, so the delta measures the construction only). Runs the model's own decoder layers one at a time
+    (construct/layerwise.py), so it fits in memory for 7B-class checkpoints."""
     import json
 
-    from ..checkpoint import load_into, read_config, read_tensors
-    from ..config import Config
-    from ..model import build_model
-    from .dense import load_dense_into_model
+    from ..checkpoint import read_config
+    from ..checkpoint.store import PartReader
+    from .layerwise import LayerStream, build_layer
 
-    reader = open_dense(load)
-    cfg = Config()
-    cfg.model = reader.config
-    dense = build_model(cfg).eval()
-    load_dense_into_model(dense, reader)
-    cfg_moe = Config()
-    cfg_moe.model, cfg_moe.moe, _ = read_config(save)
-    moe = build_model(cfg_moe).eval()
-    load_into(moe, save)
-    dtype = read_tensors(save, ["norm.weight"])["norm.weight"].dtype
-    for p in dense.parameters():
-        p.copy_(p.to(dtype).float())
-    record = json.loads((Path(save) / "construction.json").read_text())
-    for layer in moe.moe_layers():
-        layer.force_all_experts = True
-        if record["method"] == "upcycle":
-            for name, p in layer.named_parameters():
-                if name.endswith("w2") and "experts" in name:
-                    p.mul_(record["options"]["granularity"] / cfg_moe.moe.num_experts)
-    S = min(32, cfg.model.max_seq_len)
-    ids = torch.randint(0, cfg.model.vocab_size, (2, S), generator=torch.Generator().manual_seed(seed))
-    return float((dense(ids).float() - moe(ids).float()).abs().max())
-
-
-@torch.no_grad()
-def verify_streamed(load: str | Path, save: str | Path, seed: int = 0) -> float:
-    """verify_conversion without building the models (for 7B-sized checkpoints): max |logit delta|
-    between the dense and the converted MoE model with every expert selected at routing weight 1 (g/E for upcycle, whose E/g copies of each slice would otherwise add up).
-    Both sides run the same streamed fp32 forward on the *stored* weights (the MoE dtype), so the delta
-    measures the construction only. Reads one layer at a time."""
-    import json
-
-    from ..checkpoint import read_config, read_tensors
-
-    reader = open_dense(load)
-    cfg = reader.config
-    _, moe, _ = read_config(save)
+    dense = open_dense(load, ignore_fields)
+    cfg = dense.config
+    model_cfg, moe, _ = read_config(save)
+    moe_parts = PartReader(save)
+    dtype = moe_parts.get("embed.weight").dtype
     record = json.loads((Path(save) / "construction.json").read_text())
     if record["method"] == "sharing-inner":
         log.warning("sharing-inner drops and duplicates neurons by design; the delta is a deviation, not an error")
-    weight = record["options"]["granularity"] / moe.num_experts if record["method"] == "upcycle" else 1.0
-    S = min(32, cfg.max_seq_len)
-    ids = torch.randint(0, cfg.vocab_size, (2, S), generator=torch.Generator().manual_seed(seed))
-    cos, sin = calib.rope_tables(cfg, S)
+    w2_scale = record["options"]["granularity"] / moe.num_experts if record["method"] == "upcycle" else 1.0
 
-    moe_embed = read_tensors(save, ["embed.weight"])
-    dtype = moe_embed["embed.weight"].dtype
-    x_dense = torch.nn.functional.embedding(ids, reader.get("embed.weight").to(dtype).float())
-    x_moe = torch.nn.functional.embedding(ids, moe_embed["embed.weight"].float())
+    def dense_get(name):  # the dense weights as the MoE checkpoint stores them
+        return dense.get(name).to(dtype).float()
+
+    S = min(seq_len, cfg.seq_limit)
+    ids = torch.randint(0, cfg.vocab_size, (batch, S), generator=torch.Generator().manual_seed(seed))
+    ref, got = LayerStream(dense), LayerStream(moe_parts, moe, config=model_cfg)
+    cos_sin = ref.rope(S)
+    x_dense, x_moe = F.embedding(ids, dense_get("embed.weight")), got.embed(ids).float()
     for i in range(cfg.num_layers):
-        Wd = {k: v.to(dtype).float() for k, v in calib.load_layer(reader, i).items()}
-        x_dense = calib.layer_forward(x_dense, Wd, cfg, cos, sin)
-        p = f"layers.{i}."
-        names = [p + k for k in ATTN_KEYS]
+        x_dense = build_layer(i, cfg, MoEConfig(), dense_get)(x_dense, *cos_sin)
+        layer = build_layer(i, model_cfg, moe, lambda n: moe_parts.get(n).float())
         if moe.is_moe_layer(i):
-            names += [p + f"mlp.experts.{k}" for k in ("w1", "w3", "w2")]
-            if moe.num_shared_experts:
-                names += [p + f"mlp.shared.{k}.weight" for k in ("w1", "w3", "w2")]
-        else:
-            names += [p + f"mlp.{k}.weight" for k in ("w1", "w3", "w2")]
-        T = {k[len(p):]: v.float() for k, v in read_tensors(save, names).items()}
-        mlp = None
-        if moe.is_moe_layer(i):
-            def mlp(x_TD, T=T):
-                from .partition import experts_sum, swiglu_ffn
-
-                y = experts_sum(x_TD, T["mlp.experts.w1"], T["mlp.experts.w3"], T["mlp.experts.w2"], weight)
-                if "mlp.shared.w1.weight" in T:
-                    y = y + moe.shared_expert_scale * swiglu_ffn(x_TD, T["mlp.shared.w1.weight"],
-                                                                 T["mlp.shared.w3.weight"], T["mlp.shared.w2.weight"])
-                return y
-        x_moe = calib.layer_forward(x_moe, T, cfg, cos, sin, mlp=mlp)
-    fin = read_tensors(save, ["norm.weight", "lm_head.weight"])
-    head_d = {k: reader.get(k).to(dtype).float() for k in ("norm.weight", "lm_head.weight")}
-    logits_d = calib._rms(x_dense, head_d["norm.weight"], cfg.norm_eps) @ head_d["lm_head.weight"].T
-    logits_m = calib._rms(x_moe, fin["norm.weight"].float(), cfg.norm_eps) @ fin["lm_head.weight"].float().T
-    return float((logits_d - logits_m).abs().max())
+            layer.mlp.force_all_experts = True
+            layer.mlp.experts.w2.mul_(w2_scale)
+        x_moe = layer(x_moe, *cos_sin)
+        _release(dense)
+    logits_dense = F.linear(ref.final_norm(x_dense), dense_get("embed.weight" if cfg.tie_embeddings
+                                                               else "lm_head.weight"))
+    logits_moe = got.head(x_moe)
+    return float((logits_dense - logits_moe.float()).abs().max())

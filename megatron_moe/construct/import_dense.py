@@ -1,8 +1,8 @@
-"""Import a dense LLaMA-2 checkpoint (HF or Meta) into this project's checkpoint format, streaming."""
+"""Import a dense LLaMA-family checkpoint (HF llama/mistral/qwen2, or Meta) into our checkpoint format, streaming."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 from tqdm import tqdm
@@ -13,11 +13,11 @@ from ..config import MoEConfig
 from .dense import open_dense
 
 
-
 def import_dense(load: str | Path, save: str | Path, dtype: Optional[torch.dtype] = None,
-                 progress: bool = True) -> Path:
-    """Convert tensor by tensor, one part (layer) in memory at a time. Returns the checkpoint path."""
-    reader = open_dense(load)
+                 progress: bool = True, ignore_fields: Iterable[str] = ()) -> Path:
+    """Convert tensor by tensor, one part (layer) in memory at a time. Returns the checkpoint path.
+    `ignore_fields`: config.json fields to accept although unknown (formats/hf_config.py)."""
+    reader = open_dense(load, ignore_fields)
     cfg = reader.config
     parts: dict[str, list[str]] = {}
     for n in reader.names():

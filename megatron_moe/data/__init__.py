@@ -14,7 +14,7 @@ _EXPORTS = {
     "preprocess_files": "preprocess", "PreprocessError": "preprocess", "PreprocessStats": "preprocess",
     "load_tokenizer": "tokenizer", "Tokenizer": "tokenizer", "TokenizerError": "tokenizer",
     "train_sentencepiece": "spm_train", "train_sentencepiece_from_files": "spm_train",
-    "build_demo_corpus": "demo", "prepare_demo_data": "demo",
+    "build_demo_corpus": "local_corpus", "prepare_demo_data": "local_corpus",
 }
 __all__ = sorted(_EXPORTS)
 

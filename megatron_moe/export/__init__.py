@@ -1,28 +1,97 @@
-"""Export our checkpoints to standard HF layouts (and import LLaMA-MoE v1). See docs/export.md.
+"""Export our checkpoints to HF model directories (formats/ holds one adapter per format). See docs/export.md.
 
     export_hf("runs/x/checkpoints/latest", "hf/x", "mixtral")     # -> Path of the HF directory
-    import_llama_moe("llama-moe-3.5B", "ckpts/llama-moe")          # LLaMA-MoE v1 HF -> megatron_moe
 """
 from __future__ import annotations
 
-import importlib
+import json
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from .common import DEFAULT_SHARD_BYTES, ExportError, HFWriter, copy_tokenizer
+from ..formats import EXPORT_FORMATS, ExportError, export_adapter
 
 log = logging.getLogger(__name__)
-FORMATS = {"mixtral": "mixtral", "llama-moe": "llama_moe", "qwen2-moe": "qwen2_moe", "llama": "llama"}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_SHARD_BYTES = 5 * 1024**3
+SAFE_NAME, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 
 
-def format_module(fmt: str):
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    return importlib.import_module(f"{__name__}.{FORMATS[fmt]}")
+class HFWriter:
+    """Accumulate tensors into shards of at most `max_shard_bytes`; write `model.safetensors` (one shard) or
+    `model-0000i-of-0000n.safetensors` + index, inside a megatron_moe.atomic.AtomicDir (fsynced, renamed when
+    complete, removed on any failure)."""
+
+    def __init__(self, save_dir: str | Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES, overwrite: bool = False):
+        from ..atomic import AtomicDir
+
+        self._dir = AtomicDir(save_dir, overwrite)
+        self.final, self.tmp = self._dir.final, self._dir.tmp
+        self.max_shard_bytes = max_shard_bytes
+        self._pending: dict[str, torch.Tensor] = {}
+        self._pending_bytes = 0
+        self._shards: list[list[str]] = []   # names per written shard
+        self._total_bytes = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        if name in self._pending or any(name in s for s in self._shards):
+            raise ValueError(f"tensor {name!r} written twice")
+        nbytes = tensor.numel() * tensor.element_size()
+        if self._pending and self._pending_bytes + nbytes > self.max_shard_bytes:
+            self._flush()
+        self._pending[name] = tensor.detach().contiguous().cpu()
+        self._pending_bytes += nbytes
+        self._total_bytes += nbytes
+
+    def _flush(self) -> None:
+        from safetensors.torch import save_file
+
+        idx = len(self._shards)
+        save_file(self._pending, str(self.tmp / f"shard-{idx:05d}.safetensors"), metadata={"format": "pt"})
+        self._shards.append(sorted(self._pending))
+        self._pending, self._pending_bytes = {}, 0
+
+    def write_json(self, filename: str, obj) -> None:
+        (self.tmp / filename).write_text(json.dumps(obj, indent=2) + "\n")
+
+    def copy_in(self, src: str | Path, name: Optional[str] = None) -> None:
+        shutil.copy2(src, self.tmp / (name or Path(src).name))
+
+    def commit(self) -> Path:
+        if self._pending or not self._shards:
+            self._flush()
+        n = len(self._shards)
+        if n == 1:
+            os.replace(self.tmp / "shard-00000.safetensors", self.tmp / SAFE_NAME)
+        else:
+            weight_map = {}
+            for i, names in enumerate(self._shards):
+                fname = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+                os.replace(self.tmp / f"shard-{i:05d}.safetensors", self.tmp / fname)
+                weight_map.update({k: fname for k in names})
+            self.write_json(SAFE_INDEX, {"metadata": {"total_size": self._total_bytes},
+                                         "weight_map": dict(sorted(weight_map.items()))})
+        return self._dir.commit()
+
+    def abort(self) -> None:
+        self._dir.abort()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            try:
+                self.commit()
+            except BaseException:
+                self.abort()
+                raise
+        else:
+            self.abort()
+        return False
 
 
 def check_format(fmt: str, path: str | Path) -> None:
@@ -30,7 +99,7 @@ def check_format(fmt: str, path: str | Path) -> None:
     from ..checkpoint import read_config
 
     model_cfg, moe_cfg, _ = read_config(path)
-    format_module(fmt).check(model_cfg, moe_cfg)
+    export_adapter(fmt).check(model_cfg, moe_cfg)
 
 
 def export_hf(load: str | Path, save: str | Path, fmt: str, dtype: Optional[torch.dtype] = None,
@@ -40,21 +109,22 @@ def export_hf(load: str | Path, save: str | Path, fmt: str, dtype: Optional[torc
     (default: the stored dtype) and written as safetensors shards of at most `max_shard_bytes`."""
     from tqdm import tqdm
 
-    from ..checkpoint import read_config, read_index, resolve
-    from .common import iter_checkpoint
+    from ..checkpoint import iter_tensors, read_config, read_index, resolve
+    from ..checkpoint.store import copy_tokenizer
 
-    mod = format_module(fmt)
+    adapter = export_adapter(fmt)
     ckpt = resolve(load)
     model_cfg, moe_cfg, _ = read_config(ckpt)
-    mod.check(model_cfg, moe_cfg)
+    adapter.check(model_cfg, moe_cfg)
     out_dtype = dtype or getattr(torch, read_index(ckpt).get("dtype", "float32"))
+    dtype_name = str(out_dtype).replace("torch.", "")
     n_tensors = sum(len(v) for v in read_index(ckpt)["parts"].values())
     with HFWriter(save, max_shard_bytes=max_shard_bytes) as w:
-        for name, t in tqdm(iter_checkpoint(ckpt, dtype=torch.float32), total=n_tensors, desc=f"export {fmt}",
+        for name, t in tqdm(iter_tensors(ckpt, dtype=torch.float32), total=n_tensors, desc=f"export {fmt}",
                             unit="tensor"):
-            for hf_name, hf_t in mod.convert(name, t, model_cfg, moe_cfg):
+            for hf_name, hf_t in adapter.convert(name, t, model_cfg, moe_cfg):
                 w.add(hf_name, hf_t.to(out_dtype))
-        w.write_json("config.json", mod.hf_config(model_cfg, moe_cfg, out_dtype))
+        w.write_json("config.json", adapter.hf_config(model_cfg, moe_cfg, dtype_name))
         w.write_json("generation_config.json", {"bos_token_id": model_cfg.bos_token_id,
                                                 "eos_token_id": model_cfg.eos_token_id})
         copied = copy_tokenizer(ckpt, w)
@@ -62,11 +132,11 @@ def export_hf(load: str | Path, save: str | Path, fmt: str, dtype: Optional[torc
     return Path(save)
 
 
-def import_llama_moe(load: str | Path, save: str | Path, dtype: Optional[torch.dtype] = None) -> Path:
-    from .llama_moe import import_llama_moe as _imp
+def import_llama_moe(load: str | Path, save: str | Path, dtype: Optional[torch.dtype] = None,
+                     progress: bool = True) -> Path:
+    from ..formats.llama_moe import import_llama_moe as _imp
 
-    return _imp(load, save, dtype)
+    return _imp(load, save, dtype, progress)
 
 
-__all__ = ["FORMATS", "DTYPES", "ExportError", "HFWriter", "check_format", "export_hf", "format_module",
-           "import_llama_moe"]
+__all__ = ["EXPORT_FORMATS", "ExportError", "HFWriter", "check_format", "export_hf", "import_llama_moe"]

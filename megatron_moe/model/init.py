@@ -20,14 +20,14 @@ def _generator(seed: int, name: str) -> torch.Generator:
 
 @torch.no_grad()
 def init_weights(model: nn.Module, seed: int, std: float = 0.02) -> None:
-    """Norms to 1, LLaMA-MoE routers (linear gate, noise) to 0, everything else N(0, std) (output projections
+    """Norms to 1, biases and LLaMA-MoE routers (linear gate, noise) to 0, everything else N(0, std) (output projections
     scaled by 1/sqrt(2·layers) as in GPT-2/Megatron)."""
     num_layers = getattr(getattr(model, "cfg", None), "num_layers", 1)
     for name, p in model.named_parameters():
         if name.endswith("norm.weight"):
             p.fill_(1.0)
             continue
-        if name.endswith(ZERO_INIT):
+        if name.endswith(ZERO_INIT) or name.endswith(".bias"):
             p.zero_()
             continue
         s = std / (2 * num_layers) ** 0.5 if name.endswith(("wo.weight", "w2.weight", "experts.w2")) else std

@@ -6,8 +6,6 @@ F_l local FFN width. Activations are [B, S, D]; sequence parallelism splits dim 
 from __future__ import annotations
 
 import math
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,25 +40,58 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x_BSD.dtype)
 
 
-def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
-    """Inverse frequencies θ^(-2i/h); `cfg.rope_scaling` is the hook for LLaMA-3 style or linear scaling."""
-    h = cfg.head_dim
+def rope_inv_freq(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies θ^(-2i/h) after `cfg.rope_scaling`, and the factor cos/sin are multiplied by (1 except
+    for yarn). Formulas as transformers' modeling_rope_utils (default, linear, llama3, yarn)."""
+    h = cfg.head_width
     inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, h, 2, dtype=torch.float64) / h))
     sc = cfg.rope_scaling or {}
-    kind = sc.get("rope_type", sc.get("type"))
-    if kind in (None, "default"):
-        return inv.float()
+    kind = sc.get("rope_type", sc.get("type", "default"))
+    if kind == "default":
+        return inv.float(), 1.0
+    factor = float(sc["factor"])
     if kind == "linear":
-        return (inv / sc["factor"]).float()
+        return (inv / factor).float(), 1.0
     if kind == "llama3":
-        factor, low, high = sc["factor"], sc.get("low_freq_factor", 1.0), sc.get("high_freq_factor", 4.0)
-        old_len = sc.get("original_max_position_embeddings", 8192)
+        low, high = sc.get("low_freq_factor", 1.0), sc.get("high_freq_factor", 4.0)
+        old_len = sc["original_max_position_embeddings"]
         wavelen = 2 * math.pi / inv
         smooth = ((old_len / wavelen) - low) / (high - low)
         scaled = torch.where(wavelen > old_len / low, inv / factor, inv)
         mid = (wavelen <= old_len / low) & (wavelen >= old_len / high)
-        return torch.where(mid, (1 - smooth) * inv / factor + smooth * inv, scaled).float()
-    raise ValueError(f"unsupported rope_scaling type {kind!r} (supported: linear, llama3)")
+        return torch.where(mid, (1 - smooth) * inv / factor + smooth * inv, scaled).float(), 1.0
+    if kind == "yarn":
+        return _yarn(cfg, sc, factor)
+    raise ValueError(f"unsupported rope_scaling type {kind!r} (supported: default, linear, llama3, yarn)")
+
+
+def _yarn(cfg: ModelConfig, sc: dict, factor: float) -> tuple[torch.Tensor, float]:
+    """YaRN (arXiv 2309.00071): per-dimension blend of interpolated and extrapolated frequencies by a linear ramp
+    between the correction dims of beta_fast / beta_slow rotations, and an attention factor on cos/sin."""
+    h, base = cfg.head_width, cfg.rope_theta
+    old_len = sc.get("original_max_position_embeddings", cfg.max_seq_len)
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    att = sc.get("attention_factor")
+    if att is None:
+        m, m_all = sc.get("mscale"), sc.get("mscale_all_dim")
+        att = mscale(factor, m) / mscale(factor, m_all) if m and m_all else mscale(factor)
+
+    def corr_dim(rotations: float) -> float:
+        return (h * math.log(old_len / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    lo, hi = corr_dim(sc.get("beta_fast") or 32), corr_dim(sc.get("beta_slow") or 1)
+    if sc.get("truncate", True):
+        lo, hi = math.floor(lo), math.ceil(hi)
+    lo, hi = max(lo, 0), min(hi, h - 1)
+    hi = hi + 0.001 if lo == hi else hi
+    ramp = ((torch.arange(h // 2, dtype=torch.float32) - lo) / (hi - lo)).clamp(0, 1)
+    pos = base ** (torch.arange(0, h, 2, dtype=torch.float32) / h)
+    extrapolate = 1 - ramp
+    inv = (1.0 / (factor * pos)) * (1 - extrapolate) + (1.0 / pos) * extrapolate
+    return inv, float(att)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -69,16 +100,19 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class Rotary(nn.Module):
-    """cos/sin tables [S, h] in HF's half-split layout, built lazily in fp32 on the input's device."""
+    """cos/sin tables [S, h] in HF's half-split layout, built in fp32 on the input's device."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        inv_freq, self.attention_factor = rope_inv_freq(cfg)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         pos = torch.arange(seq_len, device=device, dtype=torch.float32)
         freqs = torch.outer(pos, self.inv_freq.to(device))
         emb = torch.cat((freqs, freqs), dim=-1)
+        if self.attention_factor != 1.0:
+            return emb.cos() * self.attention_factor, emb.sin() * self.attention_factor
         return emb.cos(), emb.sin()
 
 
@@ -88,17 +122,18 @@ def apply_rotary(x_BHSh: torch.Tensor, cos_Sh: torch.Tensor, sin_Sh: torch.Tenso
 
 
 class Attention(nn.Module):
-    """Causal GQA self-attention; heads split over TP (wq/wk/wv column-parallel, wo row-parallel)."""
+    """Causal GQA self-attention; heads split over TP (wq/wk/wv column-parallel, wo row-parallel); optional
+    q/k/v biases (split like their rows) and output bias (replicated, added after the TP reduction)."""
 
     def __init__(self, cfg: ModelConfig, ps: ParallelState):
         super().__init__()
-        self.ps, self.h = ps, cfg.head_dim
+        self.ps, self.h = ps, cfg.head_width
         self.n_heads, self.n_kv = cfg.num_heads // ps.tp_size, cfg.kv_heads // ps.tp_size
-        d = cfg.hidden_size
-        self.wq = column_linear(d, cfg.num_heads * self.h, ps)
-        self.wk = column_linear(d, cfg.kv_heads * self.h, ps)
-        self.wv = column_linear(d, cfg.kv_heads * self.h, ps)
-        self.wo = row_linear(cfg.num_heads * self.h, d, ps)
+        d, qkv = cfg.hidden_size, cfg.qkv_bias
+        self.wq = column_linear(d, cfg.num_heads * self.h, ps, bias=qkv)
+        self.wk = column_linear(d, cfg.kv_heads * self.h, ps, bias=qkv)
+        self.wv = column_linear(d, cfg.kv_heads * self.h, ps, bias=qkv)
+        self.wo = row_linear(cfg.num_heads * self.h, d, ps, bias=cfg.attn_out_bias)
 
     def forward(self, x_BSD: torch.Tensor, cos_Sh: torch.Tensor, sin_Sh: torch.Tensor) -> torch.Tensor:
         ps = self.ps
@@ -132,14 +167,3 @@ class DenseMLP(nn.Module):
             x_BSD = gather_seq(x_BSD, ps.tp_group, dim=1)
         h_BSF = F.silu(column(self.w1, x_BSD, ps)) * column(self.w3, x_BSD, ps)
         return row(self.w2, h_BSF, ps)
-
-
-def rope_cache(rotary: Rotary, seq_len: int, device: torch.device,
-               cache: Optional[dict] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    key = (seq_len, str(device))
-    if cache is not None and key in cache:
-        return cache[key]
-    out = rotary(seq_len, device)
-    if cache is not None:
-        cache[key] = out
-    return out

@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 from ..config import Config, ModelConfig, MoEConfig
 from ..parallel import ParallelState, gather_seq, scatter_seq
 from .layers import Attention, DenseMLP, RMSNorm, Rotary
-from .tp import column, column_linear, vocab_embedding
+from .tp import column, column_linear, tied_logits, vocab_embedding
 
 
 def build_mlp(layer_idx: int, model_cfg: ModelConfig, moe_cfg: MoEConfig, ps: ParallelState) -> nn.Module:
@@ -49,7 +49,9 @@ class LlamaModel(nn.Module):
         self.embed = vocab_embedding(model_cfg.vocab_size, model_cfg.hidden_size, ps)
         self.layers = nn.ModuleList(DecoderLayer(i, model_cfg, moe_cfg, ps) for i in range(model_cfg.num_layers))
         self.norm = RMSNorm(model_cfg.hidden_size, model_cfg.norm_eps, sequence_parallel=ps.sp)
-        self.lm_head = column_linear(model_cfg.hidden_size, model_cfg.vocab_size, ps)
+        # tied: the LM head is embed.weight itself (no lm_head parameter; one tensor in checkpoints and grads)
+        self.lm_head = None if model_cfg.tie_embeddings else column_linear(model_cfg.hidden_size,
+                                                                           model_cfg.vocab_size, ps)
         self.rotary = Rotary(model_cfg)
 
     # ---------------------------------------------------------------------------------------- core
@@ -57,8 +59,9 @@ class LlamaModel(nn.Module):
         """Final-norm hidden states; [B, S_l, D] (sequence-sharded under SP)."""
         ps = self.ps
         S = input_ids_BS.shape[1]
-        if S > self.cfg.max_seq_len:
-            raise ValueError(f"sequence length {S} exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        if S > self.cfg.seq_limit:
+            what = "the sliding window" if self.cfg.seq_limit < self.cfg.max_seq_len else "model.max_seq_len"
+            raise ValueError(f"sequence length {S} exceeds {what} ({self.cfg.seq_limit})")
         if ps.sp and S % ps.tp_size:
             raise ValueError(f"sequence parallel: sequence length {S} is not divisible by tp={ps.tp_size}")
         x_BSD = self.embed(input_ids_BS)
@@ -77,6 +80,8 @@ class LlamaModel(nn.Module):
         h_BSD = self.hidden(input_ids_BS)
         if self.ps.sp:
             h_BSD = gather_seq(h_BSD, self.ps.tp_group, dim=1)
+        if self.lm_head is None:
+            return tied_logits(self.embed, h_BSD, self.ps)
         return column(self.lm_head, h_BSD, self.ps)
 
     def forward(self, input_ids_BS: torch.Tensor) -> torch.Tensor:
@@ -90,7 +95,7 @@ class LlamaModel(nn.Module):
              loss_mask_BS: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean next-token loss and the per-sequence mean loss [B] (vocab-parallel cross-entropy over TP)."""
         logits_BSV = self.local_logits(input_ids_BS).float()
-        if self.ps.tp_size > 1:
+        if self.ps.tp_size > 1:  # megatron-core's; it reads the TP group that parallel.init_parallel created
             from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
             tok_BS = vocab_parallel_cross_entropy(logits_BSV, labels_BS)

@@ -6,6 +6,9 @@ With it, megatron-core's all-gather / reduce-scatter would allocate on CUDA, so 
 already gathered (by `parallel.gather_seq`, whose backward reduce-scatters) and `row()` reduce-scatters the
 partial output itself. A world of one uses torch.nn layers with the same parameter names and shapes, so
 single-process inference needs no process group.
+
+Biases: a column-parallel bias is split over TP like the weight's rows (Split(0)); a row-parallel bias is
+replicated and added once, after the reduction.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..parallel import ParallelState, all_reduce_sum, reduce_scatter_seq
+from ..parallel import ParallelState, copy_to_group, reduce_scatter_seq
 from .sharding import Split, mark
 
 
@@ -26,30 +29,34 @@ def _mp_config(ps: ParallelState):
                                params_dtype=torch.float32)
 
 
-def column_linear(in_features: int, out_features: int, ps: ParallelState) -> nn.Module:
-    """W [out, in], split along out over TP."""
+def column_linear(in_features: int, out_features: int, ps: ParallelState, bias: bool = False) -> nn.Module:
+    """W [out, in] (and b [out]), split along out over TP."""
     if ps.tp_size == 1:
-        layer = nn.Linear(in_features, out_features, bias=False)
+        layer = nn.Linear(in_features, out_features, bias=bias)
     else:
         from megatron.core.tensor_parallel import ColumnParallelLinear
 
         layer = ColumnParallelLinear(in_features, out_features, config=_mp_config(ps), init_method=nn.init.zeros_,
-                                     bias=False, gather_output=False, skip_bias_add=True, tp_group=ps.tp_group,
+                                     bias=bias, gather_output=False, skip_bias_add=False, tp_group=ps.tp_group,
                                      disable_grad_reduce=ps.sp)
     mark(layer.weight, Split(0, ps.tp_size, ps.tp_rank))
+    if bias:
+        mark(layer.bias, Split(0, ps.tp_size, ps.tp_rank))
     return layer
 
 
-def row_linear(in_features: int, out_features: int, ps: ParallelState) -> nn.Module:
-    """W [out, in], split along in over TP; the output is summed over TP."""
+def row_linear(in_features: int, out_features: int, ps: ParallelState, bias: bool = False) -> nn.Module:
+    """W [out, in], split along in over TP; the output is summed over TP, then the (replicated) bias added."""
     if ps.tp_size == 1:
-        layer = nn.Linear(in_features, out_features, bias=False)
+        layer = nn.Linear(in_features, out_features, bias=bias)
     else:
         from megatron.core.tensor_parallel import RowParallelLinear
 
         layer = RowParallelLinear(in_features, out_features, config=_mp_config(ps), init_method=nn.init.zeros_,
-                                  bias=False, input_is_parallel=True, skip_bias_add=True, tp_group=ps.tp_group)
+                                  bias=bias, input_is_parallel=True, skip_bias_add=True, tp_group=ps.tp_group)
     mark(layer.weight, Split(1, ps.tp_size, ps.tp_rank))
+    if bias:
+        mark(layer.bias, sequence_parallel=ps.sp)  # under SP each TP rank adds it to different tokens
     return layer
 
 
@@ -70,23 +77,30 @@ def column(layer: nn.Module, x: torch.Tensor, ps: ParallelState) -> torch.Tensor
     if ps.tp_size == 1:
         return layer(x)
     if ps.sp:
-        return F.linear(x, layer.weight)
+        return F.linear(x, layer.weight, layer.bias)
     return layer(x)[0]
 
 
 def row(layer: nn.Module, h: torch.Tensor, ps: ParallelState) -> torch.Tensor:
     """Full output of a row-parallel linear: all-reduced over TP, or reduce-scattered along the sequence (dim 1)
-    under SP."""
+    under SP; then its bias, if any."""
     if ps.tp_size == 1:
         return layer(h)
     if ps.sp:
-        return reduce_scatter_seq(F.linear(h, layer.weight), ps.tp_group, dim=1)
-    return layer(h)[0]
+        y = reduce_scatter_seq(F.linear(h, layer.weight), ps.tp_group, dim=1)
+    else:
+        y = layer(h)[0]
+    return y if layer.bias is None else y + layer.bias
 
 
-def row_partial(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """Row-parallel matmul without the reduction (the caller reduces)."""
-    return F.linear(h, layer.weight)
+def tied_logits(embed: nn.Module, h_BSD: torch.Tensor, ps: ParallelState) -> torch.Tensor:
+    """Local vocabulary shard of h @ Eᵀ with the embedding's own weight (tied LM head): the embedding is split
+    over TP along the vocabulary exactly as a column-parallel LM head would be. Without SP the input is
+    replicated over TP, so its gradient is all-reduced (`copy_to_group`); under SP it arrives gathered by
+    `gather_seq`, whose backward already reduce-scatters."""
+    if ps.tp_size > 1 and not ps.sp:
+        h_BSD = copy_to_group(h_BSD, ps.tp_group)
+    return F.linear(h_BSD, embed.weight)
 
 
-__all__ = ["column_linear", "row_linear", "vocab_embedding", "column", "row", "row_partial", "all_reduce_sum"]
+__all__ = ["column_linear", "row_linear", "vocab_embedding", "column", "row", "tied_logits"]

@@ -9,6 +9,7 @@ one rank, so single-process code paths stay collective-free.
     scatter_seq(x, group, dim)                    fwd: keep own chunk; bwd: all-gather
     reduce_scatter_seq(x, group, dim)             fwd: sum then keep own chunk; bwd: all-gather
     all_reduce_sum(x, group)                      fwd: all-reduce; bwd: identity
+    copy_to_group(x, group)                       fwd: identity; bwd: all-reduce
 Outside autograd: all_reduce_ (in place), broadcast_, barrier, all_gather_object, is_distributed, world_group.
 """
 from __future__ import annotations
@@ -112,6 +113,19 @@ class _AllReduceSum(torch.autograd.Function):
         return grad, None
 
 
+class _CopyToGroup(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
 def _a2a(x: torch.Tensor, out_splits: Sequence[int], in_splits: Sequence[int], group: Group) -> torch.Tensor:
     x = x.contiguous()
     out = x.new_empty((int(sum(out_splits)),) + tuple(x.shape[1:]))
@@ -154,6 +168,12 @@ def reduce_scatter_seq(x: torch.Tensor, group: Group, dim: int = 1) -> torch.Ten
 
 def all_reduce_sum(x: torch.Tensor, group: Group) -> torch.Tensor:
     return x if group_size(group) == 1 else _AllReduceSum.apply(x, group)
+
+
+def copy_to_group(x: torch.Tensor, group: Group) -> torch.Tensor:
+    """Identity forward; backward all-reduces the gradient (an input replicated over the group, consumed by a
+    different shard of a weight on each rank)."""
+    return x if group_size(group) == 1 else _CopyToGroup.apply(x, group)
 
 
 def is_distributed() -> bool:

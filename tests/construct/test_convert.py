@@ -10,7 +10,6 @@ import torch
 from megatron_moe.checkpoint import read_config, read_tensors
 from megatron_moe.construct.convert import ConvertOptions, convert_dense_to_moe, verify_conversion
 from megatron_moe.construct.dense import open_dense
-from megatron_moe.construct.meta_llama import save_meta_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 F, E = 96, 4
@@ -23,9 +22,12 @@ def _cli(*args):
 
 @pytest.fixture(scope="module")
 def meta_dense(hf_dense, tmp_path_factory):
-    r = open_dense(hf_dense)
+    from transformers import LlamaForCausalLM
+
+    from _meta_layout import write_meta
+
     path = tmp_path_factory.mktemp("meta") / "meta"
-    save_meta_checkpoint({n: r.get(n) for n in r.names()}, r.config, path, num_shards=2)
+    write_meta(LlamaForCausalLM.from_pretrained(hf_dense), path, num_shards=2)
     return path
 
 

@@ -5,7 +5,7 @@ import json
 import torch
 
 from megatron_moe.config import DataConfig
-from megatron_moe.data.demo import build_demo_corpus, prepare_demo_data
+from megatron_moe.data.local_corpus import build_demo_corpus, prepare_demo_data
 from megatron_moe.data.multidomain import MultiDomainData
 from megatron_moe.data.tokenizer import load_tokenizer
 

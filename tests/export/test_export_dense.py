@@ -9,7 +9,7 @@ from megatron_moe import load_model
 from megatron_moe.construct.import_dense import import_dense
 from megatron_moe.errors import CheckpointError, UserError
 from megatron_moe.export import ExportError, HFWriter, export_hf
-from megatron_moe.export.common import HFTensors
+from megatron_moe.formats.hf_files import HFTensors
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from megatron_moe import load_model
 from megatron_moe.checkpoint import read_config, read_tensors
 from megatron_moe.errors import CheckpointError, UserError
 from megatron_moe.export import export_hf, import_llama_moe
-from megatron_moe.export.common import HFTensors
+from megatron_moe.formats.hf_files import HFTensors
 
 
 def test_roundtrip_identical(tmp_path):

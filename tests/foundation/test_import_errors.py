@@ -94,13 +94,10 @@ def test_tool_exit_code(tmp_path, hf_dir):
 
 def test_meta_missing_last_shard(tmp_path):
     """Two model-parallel shards with the last one deleted: the message says a shard is missing."""
-    from megatron_moe.config import ModelConfig
-    from megatron_moe.construct.hf_llama import expected_shapes
-    from megatron_moe.construct.meta_llama import save_meta_checkpoint
+    from _meta_layout import write_meta
 
-    cfg = ModelConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4, num_kv_heads=4,
-                      vocab_size=64, max_seq_len=16)
-    tensors = {n: torch.randn(s) for n, s in expected_shapes(cfg).items()}
-    save_meta_checkpoint(tensors, cfg, tmp_path / "meta", num_shards=2)
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                      vocab_size=64, max_position_embeddings=16)
+    write_meta(LlamaForCausalLM(cfg), tmp_path / "meta", num_shards=2)
     (tmp_path / "meta" / "consolidated.01.pth").unlink()
     one_line_error(tmp_path / "meta", "which takes 2 shards: a shard is missing")

@@ -7,8 +7,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from megatron_moe.config import Config
 from megatron_moe.construct.dense import load_dense_into_model, open_dense
-from megatron_moe.construct.meta_llama import save_meta_checkpoint
 from megatron_moe.model import build_model
+
+from _meta_layout import write_meta
 
 
 def tiny_hf(kv_heads: int, seed: int = 0) -> LlamaForCausalLM:
@@ -33,7 +34,7 @@ def ours_from(path) -> tuple:
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2])
-@pytest.mark.parametrize("layout", ["safetensors", "sharded", "bin", "meta1", "meta2"])
+@pytest.mark.parametrize("layout", ["safetensors", "sharded", "bin", "sharded-bin", "meta1", "meta2"])
 def test_logits_match_transformers(tmp_path, kv_heads, layout):
     hf = tiny_hf(kv_heads)
     ids = torch.randint(0, 320, (2, 24), generator=torch.Generator().manual_seed(1))
@@ -47,11 +48,18 @@ def test_logits_match_transformers(tmp_path, kv_heads, layout):
     elif layout == "bin":
         hf.config.save_pretrained(tmp_path)  # transformers 5 writes no .bin: write it as older tools did
         torch.save({k: v.contiguous() for k, v in hf.state_dict().items()}, tmp_path / "pytorch_model.bin")
+    elif layout == "sharded-bin":  # pytorch_model-0000i-of-0000n.bin + pytorch_model.bin.index.json (4.x layout)
+        hf.config.save_pretrained(tmp_path)
+        names = list(hf.state_dict())
+        groups = [names[: len(names) // 2], names[len(names) // 2:]]
+        weight_map = {}
+        for i, group in enumerate(groups):
+            fname = f"pytorch_model-{i + 1:05d}-of-00002.bin"
+            torch.save({k: hf.state_dict()[k].contiguous() for k in group}, tmp_path / fname)
+            weight_map.update({k: fname for k in group})
+        (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
     else:
-        hf.save_pretrained(tmp_path / "hf")
-        canon, _ = ours_from(tmp_path / "hf")
-        tensors = {n: p.detach().clone() for n, p in canon.named_parameters()}
-        save_meta_checkpoint(tensors, canon.cfg, tmp_path, num_shards=int(layout[-1]))
+        write_meta(hf, tmp_path, num_shards=int(layout[-1]))
     model, reader = ours_from(tmp_path)
     assert reader.config.kv_heads == kv_heads
     with torch.no_grad():
@@ -63,12 +71,10 @@ def test_logits_match_transformers(tmp_path, kv_heads, layout):
 def test_meta_rotary_permutation_is_applied(tmp_path):
     """Without the q/k permutation the Meta import would differ: check the reader really permutes."""
     hf = tiny_hf(2)
-    hf.save_pretrained(tmp_path / "hf")
-    canon, _ = ours_from(tmp_path / "hf")
-    tensors = {n: p.detach().clone() for n, p in canon.named_parameters()}
-    save_meta_checkpoint(tensors, canon.cfg, tmp_path / "meta", num_shards=2)
+    write_meta(hf, tmp_path / "meta", num_shards=2)
+    hf_q = hf.state_dict()["model.layers.0.self_attn.q_proj.weight"]
     raw = torch.load(tmp_path / "meta" / "consolidated.00.pth", weights_only=True)["layers.0.attention.wq.weight"]
-    assert not torch.equal(raw, tensors["layers.0.attn.wq.weight"][: raw.shape[0]])
+    assert not torch.equal(raw, hf_q[: raw.shape[0]])
     reader = open_dense(tmp_path / "meta")
-    assert torch.equal(reader.get("layers.0.attn.wq.weight"), tensors["layers.0.attn.wq.weight"])
+    assert torch.equal(reader.get("layers.0.attn.wq.weight"), hf_q)
     assert json.loads((tmp_path / "meta" / "params.json").read_text())["n_kv_heads"] == 2

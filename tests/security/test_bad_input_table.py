@@ -55,7 +55,7 @@ def fx(tmp_path_factory):
     (root / "hf_gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
     heads = json.loads((root / "hf" / "config.json").read_text())
     (root / "hf_heads").mkdir()
-    (root / "hf_heads" / "config.json").write_text(json.dumps({**heads, "num_attention_heads": 3}))
+    (root / "hf_heads" / "config.json").write_text(json.dumps({**heads, "num_attention_heads": 3, "num_key_value_heads": 3}))
     shutil.copy(root / "hf" / "model.safetensors", root / "hf_heads")
     (root / "hf_trunc").mkdir()
     shutil.copy(root / "hf" / "config.json", root / "hf_trunc")
