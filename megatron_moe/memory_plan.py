@@ -140,14 +140,26 @@ def _layer_kinds(cfg: Config) -> tuple[int, int]:
     return n_moe, cfg.model.num_layers - n_moe
 
 
+def _attention_params(m) -> tuple[int, int]:
+    """(weights + biases of one attention block split over TP, replicated part: norms and the output bias)."""
+    D, q, kv = m.hidden_size, m.num_heads * m.head_width, m.kv_heads * m.head_width
+    split = 2 * D * q + 2 * D * kv + ((q + 2 * kv) if m.qkv_bias else 0)
+    replicated = 2 * D + (D if m.attn_out_bias else 0)
+    return split, replicated
+
+
+def _embedding_params(m) -> int:
+    """Input embedding plus LM head (one tensor when tied)."""
+    return (1 if m.tie_embeddings else 2) * m.vocab_size * m.hidden_size
+
+
 def count_params(cfg: Config) -> ParamCounts:
     """Total and activated parameter counts of the model `cfg` describes."""
     m, moe = cfg.model, cfg.moe
     D = m.hidden_size
-    kv = m.kv_heads * m.head_width
     n_moe, n_dense = _layer_kinds(cfg)
-    per_layer_common = 2 * D * D + 2 * D * kv + 2 * D  # attention + two norms
-    dense = 2 * m.vocab_size * D + D + m.num_layers * per_layer_common + n_dense * 3 * D * m.intermediate_size
+    split, replicated = _attention_params(m)
+    dense = _embedding_params(m) + D + m.num_layers * (split + replicated) + n_dense * 3 * D * m.intermediate_size
     routed = activated_routed = 0
     if moe.enabled:
         dense += n_moe * (_router_params(cfg) + 3 * D * _shared_ffn(cfg))
@@ -161,9 +173,9 @@ def local_params(cfg: Config, layout: Layout) -> tuple[int, int]:
     """(dense, expert) parameters held by one rank of `layout`."""
     m, moe = cfg.model, cfg.moe
     D, t = m.hidden_size, layout.tp
-    kv = m.kv_heads * m.head_width
     n_moe, n_dense = _layer_kinds(cfg)
-    dense = (2 * m.vocab_size * D // t + D + m.num_layers * ((2 * D * D + 2 * D * kv) // t + 2 * D)
+    split, replicated = _attention_params(m)
+    dense = (_embedding_params(m) // t + D + m.num_layers * (split // t + replicated)
              + n_dense * 3 * D * m.intermediate_size // t)
     expert = 0
     if moe.enabled:
@@ -184,7 +196,8 @@ def layer_activation_bytes(cfg: Config, layout: Layout, moe_layer: bool) -> floa
     sigma = t if layout.sp else 1
     T = cfg.data.seq_len * layout.micro_batch
     kv = m.kv_heads * m.head_width
-    attn = a * T * D / sigma + a * T * D + a * T * (D + 2 * kv) / t + a * T * D / t + 4 * T * m.num_heads / t
+    q = m.num_heads * m.head_width
+    attn = a * T * D / sigma + a * T * D + a * T * (q + 2 * kv) / t + a * T * q / t + 4 * T * m.num_heads / t
     mlp = a * T * D / sigma
     if moe_layer:
         Tr, K, F = T / sigma, moe.top_k, moe.ffn_size(m)

@@ -2,13 +2,14 @@
 
 MFU counts ACTIVATED parameters (the routed experts a token does not visit do no work):
 
-    flops_per_token = 6 * (N_activated - V*D) + 6 * L * S * D
+    flops_per_token = 6 * (N_activated - V*D [untied only]) + 6 * L * S * (H*h)
     MFU = tokens_per_sec * flops_per_token / (world_size * peak_flops_per_device)
 
 N_activated (memory_plan.count_params): all non-expert parameters plus top_k of the num_experts routed experts
-of every MoE layer. V*D (the input embedding) is a table lookup, not a matmul. 6 = 2 (multiply-add) x 3
-(forward + backward). 6*L*S*D is causal self-attention: QK^T and AV cost 2*S*D forward per token per layer
-averaged over the causal mask (half the S×S scores), times 3 for forward + backward. Recomputation is not
+of every MoE layer. V*D (the input embedding) is a table lookup, not a matmul; with tied embeddings that one
+tensor is also the LM head, whose matmul does count. 6 = 2 (multiply-add) x 3
+(forward + backward). 6*L*S*(H*h) is causal self-attention: QK^T and AV cost 2*S*(H*h) forward per token per layer
+averaged over the causal mask (half the S×S scores), times 3 for forward + backward; H*h = D unless head_dim is set. Recomputation is not
 counted (model FLOPs, not hardware FLOPs).
 """
 from __future__ import annotations
@@ -37,7 +38,8 @@ def train_flops_per_token(cfg: Config, seq_len: Optional[int] = None) -> float:
     m = cfg.model
     S = seq_len or cfg.data.seq_len
     activated = count_params(cfg).activated
-    return 6.0 * (activated - m.vocab_size * m.hidden_size) + 6.0 * m.num_layers * S * m.hidden_size
+    lookup = 0 if m.tie_embeddings else m.vocab_size * m.hidden_size
+    return 6.0 * (activated - lookup) + 6.0 * m.num_layers * S * m.num_heads * m.head_width
 
 
 def peak_tflops(cfg: Config, device: torch.device) -> Optional[float]:

@@ -103,3 +103,46 @@ def test_import_bad_inputs(tmp_path):
     with pytest.raises(CheckpointError, match="gate_type"):
         import_llama_moe(tmp_path / "hf", tmp_path / "o3")
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
+def test_export_carries_auto_map_and_rotary_buffers(tmp_path):
+    """What the released LLaMA-MoE checkpoints carry: the auto_map their modeling code is loaded through
+    (trust_remote_code), and per-layer rotary_emb.inv_freq = 1 / theta^(2i/h)."""
+    make_moe(tmp_path / "ck", router="noisy_topk", gate_network="mlp")
+    out = export_hf(tmp_path / "ck", tmp_path / "hf", "llama-moe")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["auto_map"] == {"AutoConfig": "configuration_llama_moe.LlamaMoEConfig",
+                               "AutoModel": "modeling_llama_moe.LlamaMoEModel",
+                               "AutoModelForCausalLM": "modeling_llama_moe.LlamaMoEForCausalLM"}
+    h = 32 // 4
+    want = 1.0 / (10000.0 ** (torch.arange(0, h, 2, dtype=torch.float32) / h))
+    files = HFTensors(out)
+    for i in range(2):
+        assert torch.allclose(files.get(f"model.layers.{i}.self_attn.rotary_emb.inv_freq"), want)
+    import_llama_moe(out, tmp_path / "back")  # and they import back (checked, then dropped)
+
+
+@pytest.mark.parametrize("scale,ok", [([2.0], True), ([2.0, 3.0], False)])
+def test_per_layer_score_scale_list(tmp_path, scale, ok):
+    _hand_built(tmp_path / "hf")
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**cfg, "score_scale_factor": scale}))
+    if ok:  # one layer: a list of one (equal) value is that value
+        import_llama_moe(tmp_path / "hf", tmp_path / "ck")
+        assert read_config(tmp_path / "ck")[1].scale == 2.0
+    else:
+        with pytest.raises(CheckpointError, match="score_scale_factor must be one number, or 1 equal ones"):
+            import_llama_moe(tmp_path / "hf", tmp_path / "ck")
+
+
+def test_llama_moe_refuses_non_llama2_bases(tmp_path):
+    from megatron_moe.formats import ExportError
+
+    make_moe(tmp_path / "q", router="noisy_topk", model_kw={"qkv_bias": True})
+    with pytest.raises(ExportError, match="cannot hold q/k/v biases.*--format qwen2-moe"):
+        export_hf(tmp_path / "q", tmp_path / "o", "llama-moe")
+    make_moe(tmp_path / "l3", router="noisy_topk", model_kw={"rope_scaling": {
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16}})
+    with pytest.raises(ExportError, match="cannot hold rope_type=llama3 rotary scaling.*--format mixtral"):
+        export_hf(tmp_path / "l3", tmp_path / "o", "llama-moe")

@@ -1,4 +1,6 @@
-"""TP=2 (with and without SP) computes the same logits, loss and gradients as one process."""
+"""TP=2 (with and without SP) computes the same logits, loss and gradients as one process, for plain LLaMA, a
+Qwen2-style model (q/k/v biases, tied embeddings) and one with every optional feature (q/k/v/o biases, head_dim
+override, llama3 rope). Gradients go through the trainer's own sync (training/grads.py)."""
 import pytest
 import torch
 
@@ -7,8 +9,15 @@ from megatron_moe.config import Config, ModelConfig, ParallelConfig
 from megatron_moe.model import build_model, init_weights
 from megatron_moe.model.sharding import local_slice, splits_of
 
-MODEL = ModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
-                    vocab_size=256, max_seq_len=32)
+BASE = dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2, vocab_size=256,
+            max_seq_len=32)
+MODELS = {
+    "llama": ModelConfig(**BASE),
+    "qwen2-tied": ModelConfig(**BASE, qkv_bias=True, tie_embeddings=True, rope_theta=1e6),
+    "all-features": ModelConfig(**BASE, qkv_bias=True, attn_out_bias=True, head_dim=24,
+                                rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                              "high_freq_factor": 4.0, "original_max_position_embeddings": 8}),
+}
 
 
 def batch():
@@ -22,47 +31,63 @@ def run(model):
     logits = model(x)
     loss, _ = model.loss(x, y)
     loss.backward()
-    return logits.detach(), loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    return logits.detach(), loss.detach()
 
 
-def reference():
-    model = build_model(Config(model=MODEL))
+def init(model):
+    """init_weights, then random biases (they are zero-initialised): one global tensor per name, this rank's slice."""
     init_weights(model, seed=7)
-    return run(model)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("bias"):
+                shape = list(p.shape)
+                for s in splits_of(p):
+                    shape[s.dim] *= s.size
+                full = torch.randn(shape, generator=torch.Generator().manual_seed(len(n)))
+                p.copy_(local_slice(full, splits_of(p)))
 
 
-def tp_worker(rank, world, sp):
+def reference(name):
+    model = build_model(Config(model=MODELS[name]))
+    init(model)
+    logits, loss = run(model)
+    return logits, loss, {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def tp_worker(rank, world, name, sp):
     from megatron_moe.parallel import init_parallel
+    from megatron_moe.training.grads import sync_grads
 
-    cfg = Config(model=MODEL, parallel=ParallelConfig(tp=world, sp=sp))
+    cfg = Config(model=MODELS[name], parallel=ParallelConfig(tp=world, sp=sp))
     ps = init_parallel(cfg.parallel)
     model = build_model(cfg, ps)
-    init_weights(model, seed=7)
-    logits, loss, grads = run(model)
-    # sequence-parallel norm grads are partial per rank: the trainer all-reduces them; do it here
-    if sp:
-        import torch.distributed as dist
-
-        for n, p in model.named_parameters():
-            if getattr(p, "sequence_parallel", False):
-                dist.all_reduce(grads[n], group=ps.tp_group)
+    init(model)
+    logits, loss = run(model)
+    sync_grads(model, ps)
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
     splits = {n: [(s.dim, s.size, s.rank) for s in splits_of(p)] for n, p in model.named_parameters()}
     return {"logits": logits, "loss": loss, "grads": grads, "splits": splits}
 
 
 @pytest.mark.dist
-@pytest.mark.parametrize("sp", [False, True])
-def test_tp2_matches_tp1(sp):
+@pytest.mark.parametrize("sp", [False, True], ids=["tp2", "tp2-sp"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_tp2_matches_tp1(name, sp):
     from megatron_moe.model.sharding import Split
 
-    ref_logits, ref_loss, ref_grads = reference()
-    results = spawn(tp_worker, 2, sp)
+    ref_logits, ref_loss, ref_grads = reference(name)
+    results = spawn(tp_worker, 2, name, sp)
     for r in results:
         assert torch.allclose(r["logits"], ref_logits, atol=1e-5, rtol=0)
         assert abs(r["loss"].item() - ref_loss.item()) <= 1e-5
-        for name, g in r["grads"].items():
-            want = local_slice(ref_grads[name], [Split(*s) for s in r["splits"][name]])
-            assert g.shape == want.shape, name
-            assert (g - want).abs().max().item() <= 1e-5, name
-    # the sharded weights really are sharded
-    assert results[0]["grads"]["layers.0.attn.wq.weight"].shape[0] == ref_grads["layers.0.attn.wq.weight"].shape[0] // 2
+        assert set(r["grads"]) == set(ref_grads)
+        for n, g in r["grads"].items():
+            want = local_slice(ref_grads[n], [Split(*s) for s in r["splits"][n]])
+            assert g.shape == want.shape, n
+            assert (g - want).abs().max().item() <= 1e-5, n
+    grads = results[0]["grads"]
+    assert grads["layers.0.attn.wq.weight"].shape[0] == ref_grads["layers.0.attn.wq.weight"].shape[0] // 2
+    if MODELS[name].tie_embeddings:  # one parameter serves as embedding and LM head
+        assert "lm_head.weight" not in grads and grads["embed.weight"].shape[0] == 128
+    if MODELS[name].qkv_bias:
+        assert grads["layers.0.attn.wq.bias"].shape[0] == ref_grads["layers.0.attn.wq.bias"].shape[0] // 2

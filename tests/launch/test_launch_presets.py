@@ -50,3 +50,32 @@ def test_presets_differ_only_where_the_paper_does():
     common = set.intersection(*lines.values())
     for name, own in lines.items():
         assert len(own - common) <= 20, f"{name} drifted from the other presets"
+
+
+def test_llama3_recipe_fits_and_has_the_v2_shape():
+    """LLaMA-MoE v2's shape on LLaMA-3-8B: 8 experts x 1792, top-2, every neuron once; fits 8 x 80 GB."""
+    from megatron_moe.memory_plan import layout_from_config, plan_memory
+
+    cfg = load_config(CONFIGS / "llama3_8b_moe_8e_top2.yaml")
+    m, moe = cfg.model, cfg.moe
+    assert (m.hidden_size, m.intermediate_size, m.num_layers, m.num_heads, m.kv_heads, m.vocab_size) == \
+        (4096, 14336, 32, 32, 8, 128256)
+    assert (moe.num_experts, moe.top_k, moe.ffn_size(m), moe.scale) == (8, 2, 1792, 4.0)
+    assert moe.num_experts * moe.ffn_size(m) == m.intermediate_size
+    for world in (8, 16, 112):
+        cfg.validate(world)
+        assert plan_memory(cfg, layout_from_config(cfg, world)).fits(80), world
+    counts = count_params(cfg)
+    assert round(counts.total / 1e9, 2) == 8.03 and round(counts.activated / 1e9, 2) == 3.80
+
+
+@pytest.mark.parametrize("preset,total_b", [("llama3-8b", 8.03), ("llama3.1-8b", 8.03), ("llama3.2-1b", 1.24),
+                                            ("llama3.2-3b", 3.21), ("mistral-7b", 7.25), ("qwen2.5-0.5b", 0.49),
+                                            ("qwen2.5-1.5b", 1.54), ("qwen2.5-7b", 7.62)])
+def test_family_presets_have_the_published_sizes(preset, total_b):
+    """The public parameter counts (model cards: 8.03B, 1.24B, 3.21B, 7.25B, 0.49B, 1.54B, 7.62B)."""
+    from megatron_moe.config import Config, ModelConfig, MODEL_PRESETS
+
+    cfg = Config(model=ModelConfig(**MODEL_PRESETS[preset]))
+    cfg.model.validate()
+    assert round(count_params(cfg).total / 1e9, 2) == total_b
