@@ -4,7 +4,8 @@ Sync (after the last micro-batch's backward):
   1. sequence-parallel parameters (`param.sequence_parallel`: norms, routers under SP) hold partial gradients per
      TP rank: all-reduce (sum) over the TP group;
   2. dense parameters: all-reduce (sum) over the data-parallel group; expert parameters (`param.is_expert`):
-     all-reduce (sum) over the expert-data-parallel group (the ranks holding the same expert shard);
+     all-reduce (sum) over the expert-data-parallel group (the ranks holding the same expert shard), whenever it
+     has more than one rank, also at dp = 1: under TP every TP rank sends different tokens to the experts;
   3. both are scaled by 1/dp: every rank's loss is the mean over its own tokens, so the sum over dp ranks'
      gradients divided by dp is the gradient of the global mean loss (expert shards already received the
      gradients of all ep ranks' tokens through the all-to-all, so their EDP sum covers all dp ranks too).
@@ -64,11 +65,10 @@ def sync_grads(model: nn.Module, ps: ParallelState) -> None:
     expert = [p.grad for p in params if getattr(p, "is_expert", False)]
     if ps.dp_size > 1 and dense:
         _all_reduce_flat(dense, ps.dp_group, 1.0 / ps.dp_size)
-    if expert and ps.dp_size > 1:
-        if ps.edp_size > 1:
-            _all_reduce_flat(expert, ps.edp_group, 1.0 / ps.dp_size)
-        else:
-            torch._foreach_mul_(expert, 1.0 / ps.dp_size)
+    if expert and ps.edp_size > 1:  # also with dp = 1: TP ranks route different tokens to their expert replicas
+        _all_reduce_flat(expert, ps.edp_group, 1.0 / ps.dp_size)
+    elif expert and ps.dp_size > 1:
+        torch._foreach_mul_(expert, 1.0 / ps.dp_size)
 
 
 def _counted(p: torch.Tensor, ps: ParallelState) -> bool:

@@ -62,13 +62,14 @@ def local_part(t: torch.Tensor, ps) -> torch.Tensor:
     return t.contiguous()
 
 
-def run_layer(layer, x_BSD: torch.Tensor, r_BSD: torch.Tensor, loss_scale: float):
+def run_layer(layer, x_BSD: torch.Tensor, r_BSD: torch.Tensor, lm_scale: float = 1.0):
+    """Forward + backward of sum(y * r) * lm_scale; aux/z losses at the trainer's scale for one micro-batch."""
     layer.train()
-    layer.set_loss_scale(loss_scale)
+    layer.set_loss_scale(1.0)
     x = x_BSD.clone().requires_grad_(True)
     torch.manual_seed(1234)  # noise key: same global RNG state on every rank and in the reference
     y = layer(x)
-    (y * r_BSD).sum().backward()
+    ((y * r_BSD).sum() * lm_scale).backward()
     grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().clone()
              for n, p in layer.named_parameters()}
     return y.detach(), x.grad.detach(), grads
@@ -82,17 +83,17 @@ def reference(name_kw_seq):
     layer = MoELayer(MODEL, moe_config(kw), ParallelState(), layer_idx=3)
     fill(layer)
     x, r = inputs(seq)
-    y, dx, grads = run_layer(layer, x, r, 1.0)
+    y, dx, grads = run_layer(layer, x, r)
     return {"y": y, "dx": dx, "grads": grads, "tokens": layer.last_stats["tokens_per_expert"],
             "aux": layer.last_stats["aux_loss"], "z": layer.last_stats["z_loss"]}
 
 
 def layout_worker(rank: int, world: int, layouts: list, case_list: list):
-    """For each parallel layout and case: outputs, input grads and DP/EDP/TP-reduced parameter grads."""
-    import torch.distributed as dist
-
+    """For each parallel layout and case: outputs, input grads and parameter grads after the trainer's own
+    gradient sync (training/grads.py: SP all-reduce over TP, mean over DP / EDP)."""
     from megatron_moe.model.moe import MoELayer
     from megatron_moe.parallel import init_parallel
+    from megatron_moe.training.grads import sync_grads, zero_missing_grads
 
     results = []
     for par in layouts:
@@ -101,20 +102,15 @@ def layout_worker(rank: int, world: int, layouts: list, case_list: list):
             layer = MoELayer(MODEL, moe_config(kw), ps, layer_idx=3)
             fill(layer)
             x, r = inputs(seq)
-            y, dx, grads = run_layer(layer, local_part(x, ps), local_part(r, ps), 1.0 / ps.dp_size)
-            for n, p in layer.named_parameters():
-                g = grads[n]
-                if getattr(p, "is_expert", False):
-                    if ps.edp_size > 1:
-                        dist.all_reduce(g, group=ps.edp_group)
-                    continue
-                if ps.sp and getattr(p, "sequence_parallel", False):
-                    dist.all_reduce(g, group=ps.tp_group)
-                if ps.dp_size > 1:
-                    dist.all_reduce(g, group=ps.dp_group)
+            # the reference sums the loss over all tokens; each DP rank's share times dp, then sync's mean over DP
+            y, dx, _ = run_layer(layer, local_part(x, ps), local_part(r, ps), lm_scale=ps.dp_size)
+            zero_missing_grads(layer.parameters())
+            sync_grads(layer, ps)
+            grads = {n: p.grad.detach().clone() for n, p in layer.named_parameters()}
             splits = {n: [(s.dim, s.size, s.rank) for s in splits_of(p)] for n, p in layer.named_parameters()}
-            results.append({"layout": par, "case": name, "y": y, "dx": dx, "grads": grads, "splits": splits,
-                            "tokens": layer.last_stats["tokens_per_expert"], "aux": layer.last_stats["aux_loss"],
+            results.append({"layout": par, "case": name, "y": y, "dx": dx / ps.dp_size, "grads": grads,
+                            "splits": splits, "tokens": layer.last_stats["tokens_per_expert"],
+                            "aux": layer.last_stats["aux_loss"], "z": layer.last_stats["z_loss"],
                             "ps": {"dp": ps.dp_size, "dp_rank": ps.dp_rank, "tp": ps.tp_size,
                                    "tp_rank": ps.tp_rank, "sp": ps.sp}})
     return results

@@ -39,6 +39,23 @@ def _ep2(rank, world, prefixes, root):
     return out
 
 
+def _tp_layouts(rank, world, prefixes, root):
+    """MoE training at TP=2 with SP, and TP=2 with ETP=2 (dp = 1: one micro-batch of 4, as the reference)."""
+    from megatron_moe.parallel import init_parallel
+
+    out = {}
+    for name, par in (("tp2_sp", dict(tp=2, sp=True)), ("tp2_etp2", dict(tp=2, etp=2))):
+        cfg = tiny_config(prefixes, root / name, moe=True, train_steps=2 * STEPS, micro_batch_size=4)
+        for k, v in par.items():
+            setattr(cfg.parallel, k, v)
+        cfg = prepared(cfg, world)
+        trainer = build_trainer(cfg, init_parallel(cfg.parallel))
+        randomize_routers(trainer)
+        out[name] = [(r["loss"], r["grad_norm"], r["aux_loss"]) for r in trainer.train(until=STEPS)]
+        trainer.close()
+    return out
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("moe")
@@ -50,6 +67,17 @@ def runs(tmp_path_factory):
     ref = trainer.train(until=2 * STEPS)
     trainer.close()
     return root, prefixes, ref, spawn(_ep2, 2, prefixes, root)
+
+
+@pytest.mark.dist
+def test_tp2_sp_and_etp2_moe_training_matches_single_process(runs):
+    root, prefixes, ref, _ = runs
+    res = spawn(_tp_layouts, 2, prefixes, root)
+    assert res[0] == res[1]
+    for name in ("tp2_sp", "tp2_etp2"):
+        for got, want in zip(res[0][name], ref):
+            for a, b in zip(got, (want["loss"], want["grad_norm"], want["aux_loss"])):
+                assert abs(a - b) <= 1e-5 * max(1.0, abs(b)), (name, res[0][name], [r["loss"] for r in ref])
 
 
 @pytest.mark.dist
