@@ -150,3 +150,47 @@ class AtomicDir:
             self.abort()
             raise
         return False
+
+
+class StagedWriter:
+    """Base of the writers that stage a directory in an AtomicDir (checkpoint.store.CheckpointWriter, the HF
+    export's HFWriter): `with Writer(...) as w: ...` commits on success and removes everything on any failure,
+    also a failure during the commit. Subclasses write their index files in `finish()`."""
+
+    json_indent = 1
+
+    def __init__(self, final: str | Path, overwrite: bool = False):
+        self._dir = AtomicDir(final, overwrite)
+        self.final, self.tmp = self._dir.final, self._dir.tmp
+
+    def finish(self) -> None:
+        """Write what the directory needs besides the added content (indexes, config)."""
+
+    def write_json(self, filename: str, obj) -> None:
+        import json
+
+        (self.tmp / filename).write_text(json.dumps(obj, indent=self.json_indent) + "\n")
+
+    def copy_in(self, src: str | Path, name: Optional[str] = None) -> None:
+        shutil.copy2(src, self.tmp / (name or Path(src).name))
+
+    def commit(self) -> Path:
+        self.finish()
+        return self._dir.commit()
+
+    def abort(self) -> None:
+        self._dir.abort()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            try:
+                self.commit()
+            except BaseException:  # e.g. disk full at the final flush: leave no temporary directory behind
+                self.abort()
+                raise
+        else:
+            self.abort()
+        return False

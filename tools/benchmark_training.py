@@ -5,6 +5,8 @@
         tokens/s of fwd+bwd+AdamW for our MoE model vs transformers MixtralForCausalLM (same config and data)
     python tools/benchmark_training.py gpu [--layers 4 --seq 4096 --micro-batch 1 --steps 5]
         one training step of LLaMA-MoE-3.5B-shaped layers on the current GPU, with MFU on activated parameters
+
+The benchmark code lives in benchmarks/training.py (not installed with the package: run from the repository).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import platform
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a top-level directory, not installed
 
 
 def main() -> int:
@@ -35,7 +37,7 @@ def main() -> int:
     def go() -> int:
         import torch
 
-        from megatron_moe.training import bench
+        from benchmarks import training as bench
 
         stamp = {"date": datetime.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
                  "torch": torch.__version__}

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from ..checkpoint import read_config, read_index, resolve
 from ..checkpoint.store import part_metadata
-from ..errors import CheckpointError
 
 
 def tensor_shapes(ckpt: Path) -> dict[str, tuple]:

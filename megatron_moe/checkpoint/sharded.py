@@ -16,7 +16,6 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..model.sharding import global_shape, splits_of
-from ..parallel import ParallelState
 from .format import INDEX, MODEL_DIR, read_index, resolve
 from .store import dcp_load, dcp_save, part_metadata, part_of
 

@@ -7,9 +7,7 @@
 """
 from __future__ import annotations
 
-import json
 import pickle
-import shutil
 import warnings
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
@@ -18,7 +16,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
-from ..atomic import AtomicDir
+from ..atomic import StagedWriter
 from ..errors import CheckpointError
 from .format import CONFIG, INDEX, MODEL_DIR, TOKENIZER_FILES, read_index, resolve
 from .safe_dcp import SafeFileSystemReader, read_metadata_file
@@ -88,13 +86,12 @@ def copy_tokenizer(src_dir: str | Path, writer) -> list[str]:
     return copied
 
 
-class CheckpointWriter:
-    """Write a checkpoint part by part into a temporary directory (megatron_moe.atomic.AtomicDir) and rename it
-    to `save_dir` when complete; on any failure nothing is left behind."""
+class CheckpointWriter(StagedWriter):
+    """Write a checkpoint part by part into a temporary directory and rename it to `save_dir` when complete
+    (megatron_moe.atomic.StagedWriter); on any failure nothing is left behind."""
 
     def __init__(self, save_dir: str | Path, config: dict, overwrite: bool = False):
-        self._dir = AtomicDir(save_dir, overwrite)
-        self.final, self.tmp = self._dir.final, self._dir.tmp
+        super().__init__(save_dir, overwrite)
         (self.tmp / MODEL_DIR).mkdir()
         self.config, self.parts, self.dtype = config, {}, None
 
@@ -103,37 +100,13 @@ class CheckpointWriter:
             raise ValueError(f"part {part!r} written twice")
         tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
         dcp_save(tensors, self.tmp / MODEL_DIR / part, no_dist=True, sync_files=False, threads=2)  # OS writes back
-        # in the background while the next part is computed; commit() flushes everything once
+        # in the background while the next part is computed; the commit flushes everything once
         self.parts[part] = sorted(tensors)
         self.dtype = self.dtype or str(next(iter(tensors.values())).dtype).replace("torch.", "")
 
-    def write_json(self, filename: str, obj) -> None:
-        (self.tmp / filename).write_text(json.dumps(obj, indent=1))
-
-    def copy_in(self, src: str | Path, name: Optional[str] = None) -> None:
-        shutil.copy2(src, self.tmp / (name or Path(src).name))
-
-    def commit(self) -> Path:
-        (self.tmp / MODEL_DIR / INDEX).write_text(json.dumps({"parts": self.parts, "dtype": self.dtype}, indent=1))
-        (self.tmp / CONFIG).write_text(json.dumps(self.config, indent=1))
-        return self._dir.commit()
-
-    def abort(self) -> None:
-        self._dir.abort()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            try:
-                self.commit()
-            except BaseException:  # e.g. disk full at the final flush: leave no temp directory behind
-                self.abort()
-                raise
-        else:
-            self.abort()
-        return False
+    def finish(self) -> None:
+        self.write_json(f"{MODEL_DIR}/{INDEX}", {"parts": self.parts, "dtype": self.dtype})
+        self.write_json(CONFIG, self.config)
 
 
 def iter_tensors(path: str | Path, names: Optional[Iterable[str]] = None,

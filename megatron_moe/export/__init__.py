@@ -4,15 +4,14 @@
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from ..atomic import StagedWriter
 from ..formats import EXPORT_FORMATS, ExportError, export_adapter
 
 log = logging.getLogger(__name__)
@@ -20,16 +19,15 @@ DEFAULT_SHARD_BYTES = 5 * 1024**3
 SAFE_NAME, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 
 
-class HFWriter:
+class HFWriter(StagedWriter):
     """Accumulate tensors into shards of at most `max_shard_bytes`; write `model.safetensors` (one shard) or
-    `model-0000i-of-0000n.safetensors` + index, inside a megatron_moe.atomic.AtomicDir (fsynced, renamed when
-    complete, removed on any failure)."""
+    `model-0000i-of-0000n.safetensors` + index, staged in a temporary directory (megatron_moe.atomic.StagedWriter:
+    fsynced, renamed when complete, removed on any failure)."""
+
+    json_indent = 2
 
     def __init__(self, save_dir: str | Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES, overwrite: bool = False):
-        from ..atomic import AtomicDir
-
-        self._dir = AtomicDir(save_dir, overwrite)
-        self.final, self.tmp = self._dir.final, self._dir.tmp
+        super().__init__(save_dir, overwrite)
         self.max_shard_bytes = max_shard_bytes
         self._pending: dict[str, torch.Tensor] = {}
         self._pending_bytes = 0
@@ -54,44 +52,20 @@ class HFWriter:
         self._shards.append(sorted(self._pending))
         self._pending, self._pending_bytes = {}, 0
 
-    def write_json(self, filename: str, obj) -> None:
-        (self.tmp / filename).write_text(json.dumps(obj, indent=2) + "\n")
-
-    def copy_in(self, src: str | Path, name: Optional[str] = None) -> None:
-        shutil.copy2(src, self.tmp / (name or Path(src).name))
-
-    def commit(self) -> Path:
+    def finish(self) -> None:
         if self._pending or not self._shards:
             self._flush()
         n = len(self._shards)
         if n == 1:
             os.replace(self.tmp / "shard-00000.safetensors", self.tmp / SAFE_NAME)
-        else:
-            weight_map = {}
-            for i, names in enumerate(self._shards):
-                fname = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-                os.replace(self.tmp / f"shard-{i:05d}.safetensors", self.tmp / fname)
-                weight_map.update({k: fname for k in names})
-            self.write_json(SAFE_INDEX, {"metadata": {"total_size": self._total_bytes},
-                                         "weight_map": dict(sorted(weight_map.items()))})
-        return self._dir.commit()
-
-    def abort(self) -> None:
-        self._dir.abort()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            try:
-                self.commit()
-            except BaseException:
-                self.abort()
-                raise
-        else:
-            self.abort()
-        return False
+            return
+        weight_map = {}
+        for i, names in enumerate(self._shards):
+            fname = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+            os.replace(self.tmp / f"shard-{i:05d}.safetensors", self.tmp / fname)
+            weight_map.update({k: fname for k in names})
+        self.write_json(SAFE_INDEX, {"metadata": {"total_size": self._total_bytes},
+                                     "weight_map": dict(sorted(weight_map.items()))})
 
 
 def check_format(fmt: str, path: str | Path) -> None:

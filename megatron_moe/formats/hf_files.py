@@ -21,6 +21,17 @@ def plain_file_name(name) -> bool:
     return isinstance(name, str) and bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
 
 
+def load_state_dict_file(f: Path) -> dict:
+    """A .bin / .pth state dict with torch.load(weights_only=True, mmap=True): tensors and plain containers only."""
+    try:
+        sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise CheckpointError(f"{f}: cannot read ({str(err).splitlines()[0]})") from None
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{f}: not a state dict")
+    return sd
+
+
 def read_json(path: Path) -> dict:
     try:
         obj = json.loads(Path(path).read_text())
@@ -79,13 +90,7 @@ class HFTensors:
     def _load_bin(self, f: Path) -> dict:
         if self._bin is None or self._bin[0] != f:
             self._bin = None  # release the previous shard first
-            try:
-                sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
-            except Exception as err:
-                raise CheckpointError(f"{f}: cannot read ({str(err).splitlines()[0]})") from None
-            if not isinstance(sd, dict):
-                raise CheckpointError(f"{f}: not a state dict")
-            self._bin = (f, sd)
+            self._bin = (f, load_state_dict_file(f))
         return self._bin[1]
 
     def names(self) -> list[str]:

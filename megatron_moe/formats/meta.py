@@ -21,7 +21,7 @@ import torch
 from ..config import ConfigError, ModelConfig
 from ..errors import CheckpointError
 from .dense import canonical_shapes
-from .hf_files import read_json
+from .hf_files import load_state_dict_file, read_json
 from .keys import KeyMap
 
 KEYS = KeyMap([("embed.weight", "tok_embeddings.weight"), ("norm.weight", "norm.weight"),
@@ -66,15 +66,7 @@ class MetaLlamaReader:
         nums = [int(f.name.split(".")[1]) for f in self.shard_files]
         if nums != list(range(len(nums))):
             raise CheckpointError(f"{self.path}: shard numbers {nums} are not 00..{len(nums) - 1:02d} (a shard is missing)")
-        self._shards = []
-        for f in self.shard_files:
-            try:
-                sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
-            except Exception as err:
-                raise CheckpointError(f"{f}: cannot read ({str(err).splitlines()[0]})") from None
-            if not isinstance(sd, dict):
-                raise CheckpointError(f"{f}: not a state dict")
-            self._shards.append(sd)
+        self._shards = [load_state_dict_file(f) for f in self.shard_files]
         self.config = self._config()
         self.shapes = canonical_shapes(self.config)
 

@@ -61,6 +61,7 @@ class MoEStats:
     def reset(self) -> None:
         self.aux = [0.0] * len(self.layers)
         self.z = [0.0] * len(self.layers)
+        self.dropped = [0.0] * len(self.layers)
         self.load = [None] * len(self.layers)
         self.micro = 0
 
@@ -70,11 +71,13 @@ class MoEStats:
             st = layer.last_stats
             self.aux[i] += float(st["aux_loss"])
             self.z[i] += float(st["z_loss"])
+            self.dropped[i] += float(st.get("dropped_frac", 0.0))
             tpe = st["tokens_per_expert"].detach().double().cpu()
             self.load[i] = tpe if self.load[i] is None else self.load[i] + tpe
 
     def summary(self) -> dict:
-        """{aux_loss, z_loss, expert_load: {layer_i: {aux_loss, z_loss, min, max, cv, max_vio}}}: losses are means
+        """{aux_loss, z_loss, expert_load: {layer_i: {aux_loss, z_loss, min, max, cv, max_vio, dropped_frac}}}: losses
+        and dropped_frac (this rank's share of assignments over capacity) are means
         over the step's micro-batches (sums over layers at the top level); loads are fractions of the step's
         routed assignments (global: already reduced over the ranks holding different tokens), so
         min = max = 1/E and cv = max_vio = 0 is perfect balance."""
@@ -91,5 +94,6 @@ class MoEStats:
             out["expert_load"][f"layer_{layer.layer_idx}"] = {
                 "aux_loss": self.aux[i] / n, "z_loss": self.z[i] / n, "min": float(frac.min()),
                 "max": float(frac.max()), "cv": float(frac.std(unbiased=False)) / mean if mean > 0 else 0.0,
-                "max_vio": float(frac.max()) / mean - 1.0 if mean > 0 else 0.0}
+                "max_vio": float(frac.max()) / mean - 1.0 if mean > 0 else 0.0,
+                "dropped_frac": self.dropped[i] / n}
         return out

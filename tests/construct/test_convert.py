@@ -9,7 +9,6 @@ import torch
 
 from megatron_moe.checkpoint import read_config, read_tensors
 from megatron_moe.construct.convert import ConvertOptions, convert_dense_to_moe, verify_conversion
-from megatron_moe.construct.dense import open_dense
 
 ROOT = Path(__file__).resolve().parents[2]
 F, E = 96, 4

@@ -2,7 +2,6 @@
 import json
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,7 +127,6 @@ def test_sentencepiece_training_is_reproducible_across_processes(tmp_path):
     """More lines than max_sentences, so lines are sampled: two processes with the same texts and seed train the
     same model (sentencepiece's own sampling differed between processes)."""
     import subprocess
-    import sys
 
     script = (
         "import random, sys\n"

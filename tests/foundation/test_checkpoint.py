@@ -4,7 +4,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from _dist import spawn
-from megatron_moe.checkpoint import (CheckpointWriter, config_dict, is_checkpoint, load_into, read_config,
+from megatron_moe.checkpoint import (CheckpointWriter, is_checkpoint, load_into, read_config,
                                      read_tensors, resolve, save_model)
 from megatron_moe.config import Config, ParallelConfig
 from megatron_moe.construct.import_dense import import_dense

@@ -1,27 +1,31 @@
-"""The benchmark CLI runs, checks parity with MixtralSparseMoeBlock and reports a ratio."""
+"""Smoke tests of the MoE-layer benchmark tool: it runs, checks parity with MixtralSparseMoeBlock first, writes
+well-formed JSON and refuses bad flags. (Speed is measured by running the tool, not asserted here.)"""
 import json
+import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_moe_benchmark_cli_tiny(tmp_path, capsys):
-    import benchmark_moe_layer
+def _tool(*args):
+    return subprocess.run([sys.executable, "tools/benchmark_moe_layer.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=180)
 
+
+def test_moe_benchmark_smoke(tmp_path):
     out = tmp_path / "bench.json"
-    rc = benchmark_moe_layer.main(["--hidden", "16", "--ffn", "8", "--experts", "4", "--batch", "1", "--seq", "16",
-                                   "--warmup", "0", "--iters", "1", "--json", str(out)])
-    assert rc == 0
+    r = _tool("--hidden", "16", "--ffn", "8", "--experts", "4", "--batch", "1", "--seq", "16", "--warmup", "0",
+              "--iters", "1", "--json", str(out))
+    assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
-    assert res["max_abs_diff"] < 1e-5
-    assert res["speedup"] > 0 and res["ours"]["tokens_per_s"] > 0
+    assert res["max_abs_diff"] < 1e-5  # the two layers computed the same function before being timed
+    flops = 3 * 3 * 2.0 * 16 * 2 * 16 * 8  # 3 matmuls x (fwd + 2 bwd) x 2*T*K*D*F
+    assert abs(res["floor"]["median_s"] * res["floor"]["gemm_flops_per_s"] - flops) <= 1e-6 * flops
     assert res["max_possible_speedup"] == res["mixtral_hf"]["median_s"] / res["floor"]["median_s"]
-    assert "speedup" in capsys.readouterr().out
+    assert "speedup" in r.stdout
 
 
-def test_moe_benchmark_cli_bad_input(capsys):
-    import benchmark_moe_layer
-
-    assert benchmark_moe_layer.main(["--iters", "0"]) == 2
-    assert capsys.readouterr().err.startswith("error:")
+def test_moe_benchmark_bad_input():
+    r = _tool("--iters", "0")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == ["error: --warmup must be >= 0 and --iters >= 1"]

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
@@ -55,7 +54,9 @@ def fx(tmp_path_factory):
     (root / "hf_gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
     heads = json.loads((root / "hf" / "config.json").read_text())
     (root / "hf_heads").mkdir()
-    (root / "hf_heads" / "config.json").write_text(json.dumps({**heads, "num_attention_heads": 3, "num_key_value_heads": 3}))
+    heads.update(num_attention_heads=3, num_key_value_heads=3)
+    heads.pop("head_dim", None)  # transformers 5 writes it; without it the head width is hidden / heads
+    (root / "hf_heads" / "config.json").write_text(json.dumps(heads))
     shutil.copy(root / "hf" / "model.safetensors", root / "hf_heads")
     (root / "hf_trunc").mkdir()
     shutil.copy(root / "hf" / "config.json", root / "hf_trunc")

@@ -1,4 +1,4 @@
-"""Training-step benchmarks (tools/benchmark_training.py).
+"""Training-step benchmarks (driven by tools/benchmark_training.py).
 
 cpu_vs_mixtral: tokens/s of fwd + bwd + AdamW step of our MoE model against transformers' MixtralForCausalLM
   built from the same config (softmax top-k router, same E/K/F, same layers/heads, SDPA attention, router aux
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import Config, ModelConfig, MoEConfig
-from .metrics import peak_tflops, train_flops_per_token
+from megatron_moe.config import Config, ModelConfig, MoEConfig
+from megatron_moe.training.metrics import peak_tflops, train_flops_per_token
 
 
 @dataclass
@@ -36,7 +36,7 @@ def demo_config(layers: int = 4, hidden: int = 256, experts: int = 8, top_k: int
 
 
 def _ours(cfg: Config, device: torch.device):
-    from ..model import build_model, init_weights
+    from megatron_moe.model import build_model, init_weights
 
     model = build_model(cfg).to(device)
     init_weights(model, 0)

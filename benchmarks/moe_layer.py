@@ -1,13 +1,14 @@
 """MoE layer forward+backward benchmark against transformers' MixtralSparseMoeBlock (same config and weights,
-same inputs, measured in the same run). Used by tools/benchmark_moe_layer.py.
+same inputs, measured in the same run). Driven by tools/benchmark_moe_layer.py.
 
 Our layer runs as a Mixtral router (softmax_topk, score scale 1, aux and z losses off: the HF block computes none)
 so both compute the same function; the benchmark checks that first. Memory: peak allocated bytes on CUDA; on
 CPU, the bytes saved for backward (activation memory), counted with saved-tensor hooks.
 
-It also times the *floor*: the expert matmuls and SwiGLU alone on perfectly balanced, pre-sorted rows (no routing,
-no token movement). Both layers must do that work, so Mixtral time / floor bounds the speed-up over Mixtral of
-any layer that runs the same matmuls.
+It also reports a *floor*: the expert matmuls' FLOPs (forward 3 GEMMs of 2·T·K·D·F, backward twice that) divided
+by this machine's GEMM rate, measured in the same run on one square matmul of the same dtype. Any layer that
+runs those matmuls needs at least that long, so Mixtral time / floor bounds the speed-up over Mixtral of such a
+layer (routing, SwiGLU and token movement come on top).
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import time
 
 import torch
 
-from ...config import ModelConfig, MoEConfig
-from ...parallel import ParallelState
+from megatron_moe.config import ModelConfig, MoEConfig
+from megatron_moe.parallel import ParallelState
 
 
 def build_pair(hidden: int, ffn: int, experts: int, top_k: int, device: torch.device, dtype: torch.dtype,
@@ -26,7 +27,7 @@ def build_pair(hidden: int, ffn: int, experts: int, top_k: int, device: torch.de
     from transformers import MixtralConfig
     from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
-    from .layer import MoELayer
+    from megatron_moe.model.moe import MoELayer
 
     model = ModelConfig(hidden_size=hidden, intermediate_size=ffn * experts, num_layers=1, num_heads=1)
     moe = MoEConfig(num_experts=experts, top_k=top_k, expert_ffn_size=ffn, router="softmax_topk", score_scale=1.0,
@@ -46,17 +47,24 @@ def build_pair(hidden: int, ffn: int, experts: int, top_k: int, device: torch.de
     return ours.to(device=device, dtype=dtype), hf.to(device=device, dtype=dtype)
 
 
-class ExpertFloor(torch.nn.Module):
-    """Only the expert compute of a layer: each expert's SwiGLU MLP on T*K/E rows of a fixed input."""
+def gemm_rate(device: torch.device, dtype: torch.dtype, n: int = 1024, iters: int = 5) -> float:
+    """FLOP/s of an n x n x n matmul on this machine now (the best of `iters` timed runs)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(iters):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best
 
-    def __init__(self, layer, top_k: int):
-        super().__init__()
-        self.experts, self.k = layer.experts, top_k
 
-    def forward(self, x_BSD):
-        x_RD = x_BSD.reshape(-1, x_BSD.shape[-1]).repeat(self.k, 1)
-        e = self.experts.num_local
-        return self.experts.sorted_rows(x_RD, [x_RD.shape[0] // e] * e)
+def expert_flops(tokens: int, top_k: int, hidden: int, ffn: int) -> float:
+    """Forward + backward FLOPs of the expert SwiGLU matmuls: 3 GEMMs of 2*T*K*D*F forward, twice that backward."""
+    return 3 * 3 * 2.0 * tokens * top_k * hidden * ffn
 
 
 def _sync(device: torch.device) -> None:
@@ -128,11 +136,14 @@ def run_benchmark(hidden=128, ffn=256, experts=8, top_k=2, batch=4, seq=512, dev
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     if diff > tol:
         raise RuntimeError(f"our layer and MixtralSparseMoeBlock disagree: max |diff| = {diff:.3g} > {tol}")
-    res = measure_interleaved({"ours": ours, "mixtral_hf": hf, "floor": ExpertFloor(ours, top_k)}, x, warmup, iters)
+    res = measure_interleaved({"ours": ours, "mixtral_hf": hf}, x, warmup, iters)
     res_ours, res_hf = res["ours"], res["mixtral_hf"]
+    rate = gemm_rate(device, dtype)
+    floor_s = expert_flops(batch * seq, top_k, hidden, ffn) / rate
     return {"config": dict(hidden=hidden, ffn=ffn, experts=experts, top_k=top_k, batch=batch, seq=seq,
                            dtype=str(dtype).replace("torch.", ""), device=str(device),
                            threads=torch.get_num_threads(), use_kernels=use_kernels),
-            "max_abs_diff": diff, "ours": res_ours, "mixtral_hf": res_hf, "floor": res["floor"],
+            "max_abs_diff": diff, "ours": res_ours, "mixtral_hf": res_hf,
+            "floor": {"median_s": floor_s, "gemm_flops_per_s": rate},
             "speedup": res_hf["median_s"] / res_ours["median_s"],
-            "max_possible_speedup": res_hf["median_s"] / res["floor"]["median_s"]}
+            "max_possible_speedup": res_hf["median_s"] / floor_s}
