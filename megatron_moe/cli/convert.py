@@ -34,6 +34,15 @@ def add_arguments(p) -> None:
     p.add_argument("--metric", default="l2", choices=("l2", "cosine"), help="clustering distance")
     p.add_argument("--n-init", type=int, default=3, help="clustering: k-means restarts")
     p.add_argument("--granularity", type=int, default=1, help="upcycle: FFN slices g")
+    p.add_argument("--virtual-groups", action="store_true",
+                   help="upcycle: expert e holds shard e mod g, router rows shared per group (He et al. 2024)")
+    p.add_argument("--weight-scaling", action="store_true",
+                   help="upcycle with --virtual-groups: scale experts so the MoE starts equal to the dense model")
+    p.add_argument("--drop-ratio", type=float, default=0.0,
+                   help="upcycle: Drop-Upcycling, re-initialise this fraction of every expert's neurons")
+    p.add_argument("--router-init", default="zero", choices=("zero", "kmeans", "expert-mean"),
+                   help="linear gate rows at step 0: zero (LLaMA-MoE), kmeans (LLaMA-MoE v2, k-means of MLP inputs "
+                        "on --calib-data), expert-mean (mean gate-projection row of each expert)")
     p.add_argument("--coact-fn", default="abs", choices=("abs", "square", "identity"), help="co-activation f")
     p.add_argument("--coact-threshold", type=float, default=0.0, help="co-activation: drop edges <= this")
     p.add_argument("--calib-data", nargs="*", default=[], help="JSONL / text files / indexed-dataset prefixes")
@@ -58,7 +67,9 @@ def options(args):
         num_experts=args.num_experts, top_k=args.top_k, method=args.method, router=args.router,
         gate_network=args.gate_network, score_scale=args.score_scale, num_shared_experts=args.num_shared_experts,
         seed=args.seed, cluster_on=args.cluster_on, metric=args.metric, n_init=args.n_init,
-        granularity=args.granularity, coact_fn=args.coact_fn, coact_threshold=args.coact_threshold,
+        granularity=args.granularity, virtual_groups=args.virtual_groups, weight_scaling=args.weight_scaling,
+        drop_ratio=args.drop_ratio, router_init=args.router_init,
+        coact_fn=args.coact_fn, coact_threshold=args.coact_threshold,
         calib_data=list(args.calib_data), calib_tokens=args.calib_tokens, calib_seq_len=args.calib_seq_len,
         calib_batch=args.calib_batch, tokenizer=args.tokenizer, tp=args.tp, ep=args.ep, dtype=args.dtype,
         ignore_fields=list(args.ignore_config_field))
@@ -75,8 +86,9 @@ def main(args) -> int:
     if not args.verify:
         return 0
     delta = verify_conversion(args.load, args.save, ignore_fields=args.ignore_config_field)
-    if args.method == "sharing-inner":
-        print(f"verify: max |logit delta| = {delta:.3e} (sharing-inner is not lossless by design)")
+    if args.method == "sharing-inner" or args.drop_ratio:
+        what = "drop-upcycling" if args.drop_ratio else "sharing-inner"
+        print(f"verify: max |logit delta| = {delta:.3e} ({what} is not lossless by design)")
     elif delta > VERIFY_TOL:
         print(f"error: verify failed: max |logit delta| = {delta:.3e} > {VERIFY_TOL:g}", file=sys.stderr)
         return 1

@@ -141,6 +141,32 @@ def coactivation_stream(reader, tokens_BS: torch.Tensor, fn: str = "abs", batch_
         yield i, A_FF
 
 
+# ------------------------------------------------------------------------------------- MLP inputs
+@torch.no_grad()
+def mlp_inputs(reader, tokens_BS: torch.Tensor, batch_size: int = 4, progress: bool = True,
+               max_tokens: int = 8192, seed: int = 0) -> dict[int, torch.Tensor]:
+    """{layer: x [N, D]}: the inputs of every layer's MLP (after its RMSNorm) on the calibration tokens, at most
+    `max_tokens` of them (a seeded sample, the same tokens in every layer); for router initialisation."""
+    stream = LayerStream(reader)
+    cfg = stream.cfg
+    B, S = tokens_BS.shape
+    keep = torch.randperm(B * S, generator=torch.Generator().manual_seed(seed))[:max_tokens]
+    cos_sin = stream.rope(S)
+    x = stream.embed(tokens_BS)
+    out = {}
+    for i in tqdm(range(cfg.num_layers), desc="router init: MLP inputs", unit="layer", disable=not progress):
+        seen = []
+        layer = stream.layer(i)
+        handle = layer.mlp.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+        try:
+            x = _run(layer, x, cos_sin, batch_size)
+        finally:
+            handle.remove()
+        out[i] = torch.cat(seen).reshape(B * S, -1)[keep]
+        stream.release()
+    return out
+
+
 # -------------------------------------------------------------------------------------- gradient
 def cluster_documents(emb_BD: torch.Tensor, num_clusters: int, seed: int) -> torch.Tensor:
     """k-means (sklearn, seeded) of L2-normalised document embeddings into C non-empty groups."""

@@ -33,6 +33,7 @@ from ..dtypes import DTYPES
 from ..errors import UserError
 from . import calibration as calib
 from .dense import detect_format, open_dense
+from .partition.upcycle import drop_upcycle, scale_swiglu, upcycle_scale
 from .partition import (DATA_DRIVEN, METHODS, build_expert_weights, build_shared_weights, clustering_partition,
                         coactivation_partition, gradient_partition, random_partition, sharing_inner_partition,
                         sharing_inter_partition, upcycle_partition)
@@ -57,7 +58,11 @@ class ConvertOptions:
     cluster_on: str = "up"          # clustering: rows of W_up (w3) or W_gate (w1)
     metric: str = "l2"              # clustering: l2 | cosine
     n_init: int = 3                 # clustering: k-means restarts
-    granularity: int = 1            # upcycle
+    granularity: int = 1            # upcycle: FFN slices g
+    virtual_groups: bool = False    # upcycle: expert e holds shard e mod g; router rows shared per group of g
+    weight_scaling: bool = False    # upcycle with virtual groups: scale experts so the layer starts equal to dense
+    drop_ratio: float = 0.0         # upcycle: Drop-Upcycling, re-initialise this fraction of each expert's neurons
+    router_init: str = "zero"       # zero (LLaMA-MoE) | kmeans (LLaMA-MoE v2, needs calib data) | expert-mean
     coact_fn: str = "abs"           # co-activation: abs | square | identity
     coact_threshold: float = 0.0    # co-activation: drop edges <= threshold
     calib_data: list = field(default_factory=list)
@@ -108,6 +113,7 @@ def build_moe_config(model: ModelConfig, o: ConvertOptions) -> MoEConfig:
         size = F // E
     if o.method in DATA_DRIVEN and not o.calib_data:
         raise ConstructionError(f"--method {o.method} needs calibration data (--calib-data PATH ...)")
+    _check_refinements(o)
     moe = MoEConfig(num_experts=E, top_k=o.top_k, expert_ffn_size=size, router=o.router,
                     gate_network=o.gate_network, score_scale=o.score_scale, num_shared_experts=S,
                     shared_expert_ffn_size=size if S else None)
@@ -116,14 +122,41 @@ def build_moe_config(model: ModelConfig, o: ConvertOptions) -> MoEConfig:
     return moe
 
 
-def router_tensors(prefix: str, moe: MoEConfig, D: int, gen: torch.Generator, init_std: float) -> dict:
+def _check_refinements(o: ConvertOptions) -> None:
+    """The upcycling refinements and router initialisations: valid combinations only (one line otherwise)."""
+    from .router_init import ROUTER_INITS
+
+    upcycle_only = [f for f, on in (("--virtual-groups", o.virtual_groups), ("--weight-scaling", o.weight_scaling),
+                                    ("--drop-ratio", o.drop_ratio != 0.0)) if on]
+    if upcycle_only and o.method != "upcycle":
+        raise ConstructionError(f"{upcycle_only[0]} is for --method upcycle, not {o.method}")
+    if o.weight_scaling and not o.virtual_groups:
+        raise ConstructionError("--weight-scaling makes the layer start equal to the dense one only with "
+                                "--virtual-groups (whole copies are selected together)")
+    if o.weight_scaling and (o.top_k % o.granularity or o.router not in ("softmax_topk", "noisy_topk", "sigmoid")):
+        raise ConstructionError(f"--weight-scaling needs top_k={o.top_k} divisible by granularity={o.granularity} "
+                                f"and a renormalising router")
+    if not 0 <= o.drop_ratio <= 1:
+        raise ConstructionError(f"--drop-ratio={o.drop_ratio} must be in [0, 1]")
+    if o.router_init not in ROUTER_INITS:
+        raise ConstructionError(f"--router-init {o.router_init!r} is not one of {', '.join(ROUTER_INITS)}")
+    if o.router_init != "zero" and (o.gate_network != "linear" or o.virtual_groups):
+        raise ConstructionError(f"--router-init {o.router_init} sets the rows of a linear gate network; "
+                                f"it does not combine with --gate-network mlp or --virtual-groups")
+    if o.router_init == "kmeans" and not o.calib_data:
+        raise ConstructionError("--router-init kmeans needs calibration data (--calib-data PATH ...)")
+
+
+def router_tensors(prefix: str, moe: MoEConfig, D: int, gen: torch.Generator, init_std: float,
+                   gate_rows_ED: Optional[torch.Tensor] = None) -> dict:
+    """The router of one MoE layer at step 0: LLaMA-MoE's zero gate unless `gate_rows_ED` are given."""
     E = moe.num_experts
     out = {}
     if moe.gate_network == "mlp":
         out[prefix + "router.gate.0.weight"] = torch.randn(E, D, generator=gen) * init_std
         out[prefix + "router.gate.2.weight"] = torch.zeros(E, E)
     else:
-        out[prefix + "router.gate.weight"] = torch.zeros(E, D)
+        out[prefix + "router.gate.weight"] = torch.zeros(E, D) if gate_rows_ED is None else gate_rows_ED
     if moe.router == "noisy_topk":
         out[prefix + "router.noise.weight"] = torch.zeros(E, D)
     if moe.router == "sigmoid":
@@ -147,7 +180,7 @@ class _Assigner:
     def __init__(self, reader, o: ConvertOptions, moe: MoEConfig, progress: bool):
         self.o, self.moe, self.reader, self.info = o, moe, reader, {}
         cfg = reader.config
-        if o.method in DATA_DRIVEN:
+        if o.method in DATA_DRIVEN or o.router_init == "kmeans":
             tok = o.tokenizer or next((str(Path(reader.path) / f) for f in ("tokenizer.model", "tokenizer.json")
                                        if (Path(reader.path) / f).is_file()), None)
             tokens = calib.load_calibration_tokens(o.calib_data, o.calib_tokens, min(o.calib_seq_len, cfg.max_seq_len),
@@ -155,10 +188,26 @@ class _Assigner:
             self.info["calibration"] = {"sequences": tokens.shape[0], "seq_len": tokens.shape[1]}
             if o.method == "co-activation":
                 self.stream = calib.coactivation_stream(reader, tokens, o.coact_fn, o.calib_batch, progress)
-            else:
+            elif o.method in DATA_DRIVEN:
                 self.importance, clusters = calib.gradient_importance(reader, tokens, o.num_experts, o.seed,
                                                                       o.calib_batch, progress)
                 self.info["calibration"]["sequence_clusters"] = clusters.tolist()
+            if o.router_init == "kmeans":
+                self.router_inputs = calib.mlp_inputs(reader, tokens, o.calib_batch, progress)
+
+    def gate_rows(self, i: int, w1_FD, w3_FD, routed_EF, gen) -> Optional[torch.Tensor]:
+        """Step-0 rows of a linear gate for layer i (None: the zero gate)."""
+        from .partition.upcycle import shared_router_rows
+        from .router_init import expert_mean_router, kmeans_router
+
+        o, D = self.o, w1_FD.shape[1]
+        if o.virtual_groups:
+            return shared_router_rows(o.num_experts, o.granularity, D, gen, self.reader.config.init_std)
+        if o.router_init == "kmeans":
+            return kmeans_router(self.router_inputs[i], w1_FD, w3_FD, routed_EF, _layer_seed(o.seed, i))
+        if o.router_init == "expert-mean":
+            return expert_mean_router(w1_FD, routed_EF)
+        return None
 
     def __call__(self, i: int, w1_FD: torch.Tensor, w3_FD: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         o, E, F = self.o, self.o.num_experts, w1_FD.shape[0]
@@ -168,7 +217,7 @@ class _Assigner:
         if o.method == "clustering":
             return clustering_partition(w3_FD if o.cluster_on == "up" else w1_FD, E, o.metric, seed, o.n_init), None
         if o.method == "upcycle":
-            return upcycle_partition(F, E, o.granularity), None
+            return upcycle_partition(F, E, o.granularity, o.virtual_groups), None
         if o.method == "co-activation":
             layer, A_FF = next(self.stream)
             assert layer == i, f"co-activation stream at layer {layer}, conversion at {i}"
@@ -209,15 +258,23 @@ def convert_dense_to_moe(load: str | Path, save: str | Path, o: ConvertOptions, 
             if moe.is_moe_layer(i):
                 routed, shared = assigner(i, w1, w3)
                 e1, e3, e2 = build_expert_weights(w1, w3, w2, routed)
+                layer_info = {}
+                if o.weight_scaling:
+                    e1, e3, e2 = scale_swiglu(e1, e3, e2, upcycle_scale(o.granularity, moe.scale))
+                if o.drop_ratio:
+                    e1, e3, e2, dropped = drop_upcycle(e1, e3, e2, o.drop_ratio, _layer_seed(o.seed + 1, i),
+                                                       (w1, w3, w2))
+                    layer_info["dropped"] = dropped.tolist()
                 part.update({p + "mlp.experts.w1": cast(e1), p + "mlp.experts.w3": cast(e3),
                              p + "mlp.experts.w2": cast(e2)})
                 if shared is not None:
                     s1, s3, s2 = build_shared_weights(w1, w3, w2, shared)
                     part.update({p + "mlp.shared.w1.weight": cast(s1), p + "mlp.shared.w3.weight": cast(s3),
                                  p + "mlp.shared.w2.weight": cast(s2)})
-                router = router_tensors(p + "mlp.", moe, cfg.hidden_size, gen, cfg.init_std)
+                rows = assigner.gate_rows(i, w1, w3, routed, gen)
+                router = router_tensors(p + "mlp.", moe, cfg.hidden_size, gen, cfg.init_std, rows)
                 part.update({k: cast(v) if v.is_floating_point() else v for k, v in router.items()})
-                record["layers"][str(i)] = {"experts": routed.tolist(),
+                record["layers"][str(i)] = {"experts": routed.tolist(), **layer_info,
                                             **({"shared": shared.tolist()} if shared is not None else {})}
                 assignments[i] = (routed, shared)
             else:
@@ -256,9 +313,13 @@ def verify_conversion(load: str | Path, save: str | Path, seed: int = 0, batch: 
     moe_parts = PartReader(save)
     dtype = moe_parts.get("embed.weight").dtype
     record = json.loads((Path(save) / "construction.json").read_text())
-    if record["method"] == "sharing-inner":
-        log.warning("sharing-inner drops and duplicates neurons by design; the delta is a deviation, not an error")
-    w2_scale = record["options"]["granularity"] / moe.num_experts if record["method"] == "upcycle" else 1.0
+    opts = record["options"]
+    if record["method"] == "sharing-inner" or opts.get("drop_ratio"):
+        log.warning("%s re-initialises or drops neurons by design; the delta is a deviation, not an error",
+                    "drop-upcycling" if opts.get("drop_ratio") else "sharing-inner")
+    w2_scale = opts["granularity"] / moe.num_experts if record["method"] == "upcycle" else 1.0
+    if opts.get("weight_scaling"):
+        w2_scale /= upcycle_scale(opts["granularity"], moe.scale)
 
     def dense_get(name):  # the dense weights as the MoE checkpoint stores them
         return dense.get(name).to(dtype).float()

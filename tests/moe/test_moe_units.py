@@ -243,3 +243,46 @@ def test_router_math_stays_fp32_under_bf16_autocast(router):
     assert got.weights_TK.dtype == torch.float32
     assert torch.equal(got.indices_TK, want.indices_TK)
     assert torch.equal(got.weights_TK, want.weights_TK)
+
+
+def test_max_violation_by_hand():
+    from megatron_moe.model.moe.aux import max_violation
+
+    assert float(max_violation(torch.tensor([4, 4, 4, 4]))) == 0.0
+    assert float(max_violation(torch.tensor([8, 0, 0, 0]))) == 3.0   # 8 / 2 - 1
+    assert float(max_violation(torch.tensor([6, 2, 2, 2]))) == 1.0   # 6 / 3 - 1
+    assert float(max_violation(torch.tensor([0, 0]))) == 0.0
+
+
+def test_global_balance_scope_equals_the_loss_of_the_whole_batch():
+    """Two micro-batches in global scope: the logged loss is E * sum_i f_i P_i over all 8 tokens (computed here by
+    hand from softmax(x W^T)), not the mean of the two per-micro-batch losses; and the summed surrogate gradients
+    equal the gradient of that whole-batch loss."""
+    torch.manual_seed(0)
+    layer = layer_for(D=4, F=8, num_experts=4, top_k=1, router="softmax_topk", aux_loss_coeff=1.0, score_scale=1.0)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0, 1.0)
+    layer.train()
+    x = torch.randn(2, 4, 4)  # two micro-batches of one sequence of 4 tokens
+    W = layer.router.gate.weight
+
+    def whole_batch_loss(w):
+        p = torch.softmax(x.reshape(8, 4) @ w.t(), -1)
+        f = torch.bincount(p.argmax(-1), minlength=4).double() / 8
+        return 4 * (f * p.double().mean(0)).sum()
+
+    layer.balance.start_collect()
+    with torch.no_grad():
+        for m in range(2):
+            layer(x[m:m + 1])
+    layer.balance.finalize(layer.router.losses, 1.0, 0.0)
+    assert abs(float(layer.balance.value) - float(whole_batch_loss(W.detach()))) < 1e-6
+    micro = []
+    for m in range(2):
+        layer.set_loss_scale(0.5)
+        layer(x[m:m + 1]).sum().mul(0).backward()  # only the balance term's gradient reaches the router
+        micro.append(float(layer.last_stats["aux_loss"]))
+    assert micro == [float(layer.balance.value)] * 2  # every micro-batch logs the whole-batch value
+    want = torch.autograd.grad(whole_batch_loss(W), W)[0]
+    assert torch.allclose(W.grad, want.float(), atol=1e-6)
