@@ -1,11 +1,19 @@
-"""A small real two-domain corpus that exists on any machine with Python (no download), for demos and tests.
+"""Real text that exists on any machine with Python (no download): corpora for the demo and the reproduction.
 
+Demo (two domains, small):
 - "code":  the Python standard library's top-level `.py` sources (sorted by name, files over 64 KB skipped).
 - "prose": the `pydoc_data.topics` help texts, then module docstrings of the standard library.
 
     paths = build_demo_corpus("demo_out/corpus", max_docs_per_domain=300)     # {domain: jsonl path}
     demo = prepare_demo_data("demo_out")   # corpus + sentencepiece tokenizer (vocab 512) + indexed datasets
-    demo["tokenizer"], demo["prefixes"]    # {"code": ".../code_text_document", "prose": ...}
+
+Reproduction (three domains, `build_local_corpus`; docs/reproduction.md), from the standard library and the
+installed packages (this interpreter's site-packages), every document deduplicated by content:
+- "code":        `.py` sources of 500 B - 64 KB, in a seeded order;
+- "docstrings":  module, class and function docstrings of at least 200 characters from those sources;
+- "docs":        the long descriptions of installed distributions (`*.dist-info/METADATA` bodies, Markdown or
+                 reST), `.md`/`.rst` files shipped inside packages, and the `pydoc_data.topics` help texts.
+Each domain stops at `max_bytes`; the order is a seeded shuffle of the sorted file list.
 """
 from __future__ import annotations
 
@@ -96,3 +104,83 @@ def prepare_demo_data(out_dir: str | Path, max_docs_per_domain: int = 300, vocab
         prefixes[domain] = str(prefix)
     return {"tokenizer": str(tokenizer), "corpus": {k: str(v) for k, v in corpus.items()},
             "prefixes": prefixes, "stats": stats}
+
+
+LOCAL_DOMAINS = ("code", "docstrings", "docs")
+
+
+def _python_files(min_bytes: int = 500, max_bytes: int = 64_000) -> list[Path]:
+    roots = {Path(sysconfig.get_paths()[k]) for k in ("stdlib", "purelib", "platlib")}
+    files = set()
+    for root in roots:
+        if root.is_dir():
+            files.update(p for p in root.rglob("*.py") if p.is_file() and min_bytes <= p.stat().st_size <= max_bytes)
+    return sorted(files)
+
+
+def _docstrings(path: Path, min_chars: int = 200) -> Iterator[str]:
+    try:
+        tree = ast.parse(_read(path))
+    except (SyntaxError, ValueError, RecursionError):
+        return
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node)
+            if doc and len(doc) >= min_chars:
+                yield doc
+
+
+def _doc_texts() -> Iterator[str]:
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    for meta in sorted(purelib.glob("*.dist-info/METADATA")):
+        body = _read(meta).split("\n\n", 1)  # RFC 822 headers, a blank line, then the long description
+        if len(body) == 2 and len(body[1].strip()) >= 200:
+            yield body[1]
+    for p in sorted(purelib.rglob("*")):
+        if p.suffix in (".md", ".rst") and p.is_file() and p.stat().st_size >= 200:
+            yield _read(p)
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:
+        return
+    for key in sorted(topics):
+        if len(topics[key].strip()) >= 200:
+            yield topics[key]
+
+
+def _take(texts: Iterator[str], max_bytes: int, seen: set) -> list[str]:
+    out, size = [], 0
+    for text in texts:
+        digest = hash(text)
+        if digest in seen or not text.strip():
+            continue
+        seen.add(digest)
+        out.append(text)
+        size += len(text.encode("utf-8"))
+        if size >= max_bytes:
+            break
+    return out
+
+
+def build_local_corpus(out_dir: str | Path, max_bytes: dict[str, int], seed: int = 1227) -> dict[str, Path]:
+    """Write code.jsonl, docstrings.jsonl and docs.jsonl (field "text") under out_dir; returns {domain: path}.
+    `max_bytes`: {domain: byte budget}. Deterministic for a given Python installation and seed."""
+    import random
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = _python_files()
+    if not files:
+        raise FileNotFoundError("no Python sources found under this interpreter's library directories")
+    random.Random(seed).shuffle(files)
+    seen: set = set()
+    texts = {"code": _take((_read(p) for p in files), max_bytes["code"], seen),
+             "docstrings": _take((d for p in files for d in _docstrings(p)), max_bytes["docstrings"], seen),
+             "docs": _take(_doc_texts(), max_bytes["docs"], seen)}
+    paths = {}
+    for domain in LOCAL_DOMAINS:
+        paths[domain] = out / f"{domain}.jsonl"
+        _write_jsonl(paths[domain], iter(texts[domain]), len(texts[domain]))
+        log.info("local corpus %s: %d documents, %.1f MB", domain, len(texts[domain]),
+                 sum(len(t.encode()) for t in texts[domain]) / 1e6)
+    return paths
