@@ -26,6 +26,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # read once, like tr
 try:  # Triton ships Linux wheels only; without it everything runs on the twins.
     from .gating import topk_gating_triton as _gating_triton
     from .moe_mlp import moe_mlp_triton as _mlp_triton
+    from ._launch import is_recording as _is_recording
     HAVE_TRITON = True
 except ImportError as exc:  # pragma: no cover - depends on the platform
     log.info("moe_kernels: Triton unavailable (%s); using the torch twins", exc)
@@ -36,7 +37,7 @@ def backend_for(t: torch.Tensor) -> str:
     """'triton', 'interpreter' or 'reference': which implementation runs for a tensor on t's device."""
     if not HAVE_TRITON:
         return "reference"
-    if t.is_cuda:
+    if t.is_cuda or (t.device.type == "meta" and _is_recording()):  # meta: moe_kernels.aot records launches
         return "triton"
     if INTERPRET and t.device.type == "cpu":
         return "interpreter"

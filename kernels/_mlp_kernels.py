@@ -110,11 +110,16 @@ def rowgemm_kernel(a_ptr, b_ptr, c_ptr, b2_ptr, a2_ptr, wt_ptr, ids_ptr, bexp_pt
 
 @triton.jit
 def dh_kernel(dy_ptr, w2_ptr, h1_ptr, h3_ptr, wt_ptr, dh1_ptr, dh3_ptr, dwp_ptr, ids_ptr, bexp_ptr,
-              P, D, F, KTOP, R,
+              P, D, F, KTOP, R, SLOTS,
               s_dyt, s_we, s_wd, s_wf,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
               UPCAST: tl.constexpr, PREC: tl.constexpr):
-    """g = dy[tok(r)] @ w2[e] (over D); partial d(weight) = sum_f g*h per F-tile; dh1, dh3 via SwiGLU'."""
+    """g = dy[tok(r)] @ w2[e] (over D); partial d(weight) = sum_f g*h per F-tile; dh1, dh3 via SwiGLU'.
+
+    The partials buffer has SLOTS >= cdiv(F, BLOCK_N) rows (sized for the narrowest autotuned BLOCK_N):
+    program (m, 0) also zeroes the slots past this config's tile count, so every slot is written by
+    exactly one program whatever config runs, and the fixed-order sum over slots is exact.
+    """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     e = tl.load(bexp_ptr + pid_m).to(tl.int64)
@@ -142,6 +147,9 @@ def dh_kernel(dy_ptr, w2_ptr, h1_ptr, h3_ptr, wt_ptr, dh1_ptr, dh3_ptr, dwp_ptr,
     silu = h1 * sig
     dwp = tl.sum(acc * (silu * h3), axis=1)
     tl.store(dwp_ptr + pid_n.to(tl.int64) * R + rows, dwp)
+    if pid_n == 0:
+        for s in range(tl.cdiv(F, BLOCK_N), SLOTS):
+            tl.store(dwp_ptr + s * R + rows, tl.zeros((BLOCK_M,), dtype=tl.float32))
     wt = tl.load(wt_ptr + pair, mask=valid, other=0.0).to(tl.float32)
     dh = acc * wt[:, None]
     dh1 = dh * h3 * sig * (1.0 + h1 * (1.0 - sig))
