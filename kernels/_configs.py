@@ -29,6 +29,13 @@ _INTERP_GEMM = _gemm([(16, 16, 4, 1)])
 _INTERP_DW = _dw([(16, 16, 16, 4, 1)])
 
 
+def group_m(target: Target) -> int:
+    """Row tiles per group of the grouped tile order (_mlp_kernels._tile): 16 row tiles (2 K rows) and
+    the column tiles of a few experts stay in L2 together; 2 under the interpreter, so the tiny test
+    shapes cross group boundaries."""
+    return 2 if target is INTERP else 16
+
+
 def pick_block_m(num_pairs: int, E: int, target: Target, dtype: torch.dtype) -> int:
     """Row-tile height: 128 when experts average >= 1024 rows (padding waste <= 1/8 of a tile per
     expert), else 64; 16 under the interpreter (tiny test shapes)."""

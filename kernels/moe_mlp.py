@@ -63,15 +63,16 @@ class TritonMoEMLP(torch.autograd.Function):
         h_RF = torch.empty(R, F, dtype=dt, device=dev)
         h1_RF = torch.empty(R, F, dtype=dt, device=dev) if save else h_RF
         h3_RF = torch.empty(R, F, dtype=dt, device=dev) if save else h_RF
-        _UP(lambda m: (nb, _cdiv(F, m["BLOCK_N"])), target, C_.up_configs(target, dt, bm),
+        gm = C_.group_m(target)
+        _UP(lambda m: (nb * _cdiv(F, m["BLOCK_N"]),), target, C_.up_configs(target, dt, bm),
             x_TD, w1_EFD, w3_EFD, h_RF, h1_RF, h3_RF, al.sorted_ids_R, al.block_expert_B,
-            P, D, F, KT, x_TD.stride(0), w1_EFD.stride(0), w1_EFD.stride(1), w1_EFD.stride(2),
-            SAVE=save, BLOCK_M=bm, UPCAST=upcast, PREC=prec)
+            P, D, F, KT, nb, x_TD.stride(0), w1_EFD.stride(0), w1_EFD.stride(1), w1_EFD.stride(2),
+            SAVE=save, BLOCK_M=bm, GROUP_M=gm, UPCAST=upcast, PREC=prec)
         y_PD = torch.empty(P, D, dtype=dt, device=dev)
-        _ROW(lambda m: (nb, _cdiv(D, m["BLOCK_N"])), target, C_.down_configs(target, dt, bm),
+        _ROW(lambda m: (nb * _cdiv(D, m["BLOCK_N"]),), target, C_.down_configs(target, dt, bm),
              h_RF, w2_EDF, y_PD, w2_EDF, h_RF, wflat_P, al.sorted_ids_R, al.block_expert_B,
-             P, D, F, KT, F, w2_EDF.stride(0), w2_EDF.stride(1), w2_EDF.stride(2), D,
-             A_GATHER=False, TWO=False, SCALE=True, BLOCK_M=bm, UPCAST=upcast, PREC=prec)
+             P, D, F, KT, nb, F, w2_EDF.stride(0), w2_EDF.stride(1), w2_EDF.stride(2), D,
+             A_GATHER=False, TWO=False, SCALE=True, BLOCK_M=bm, GROUP_M=gm, UPCAST=upcast, PREC=prec)
         y_TD = _combine(y_PD, idx_TK, T, D, E, dt)
         if save:
             ctx.save_for_backward(x_TD, w_TK, idx_TK, wflat_P, w1_EFD, w3_EFD, w2_EDF, h_RF, h1_RF, h3_RF,
@@ -98,10 +99,11 @@ class TritonMoEMLP(torch.autograd.Function):
         dh_cfgs = C_.dh_configs(target, dt, bm)
         slots = C_.max_ftiles(F, dh_cfgs)  # d(weight) partials: every config writes all slots (zeros past its tiles)
         dwp_SR = torch.empty(slots, R, dtype=torch.float32, device=dev)
-        _DH(lambda m: (nb, _cdiv(F, m["BLOCK_N"])), target, dh_cfgs,
+        gm = C_.group_m(target)
+        _DH(lambda m: (nb * _cdiv(F, m["BLOCK_N"]),), target, dh_cfgs,
             dy_TD, w2_EDF, h1_RF, h3_RF, wflat_P, dh1_RF, dh3_RF, dwp_SR, ids_R, bexp_B,
-            P, D, F, KT, R, slots, dy_TD.stride(0), w2_EDF.stride(0), w2_EDF.stride(1), w2_EDF.stride(2),
-            BLOCK_M=bm, UPCAST=upcast, PREC=prec)
+            P, D, F, KT, R, slots, nb, dy_TD.stride(0), w2_EDF.stride(0), w2_EDF.stride(1), w2_EDF.stride(2),
+            BLOCK_M=bm, GROUP_M=gm, UPCAST=upcast, PREC=prec)
         dx = dw = dw1 = dw3 = dw2 = None
         if need_w:
             dw_R = dwp_SR.sum(0)  # fixed-order reduction over the F tiles
@@ -110,10 +112,10 @@ class TritonMoEMLP(torch.autograd.Function):
             dw = dw_ext[:P].view(T, KT).to(w_TK.dtype)
         if need_x:
             dx_PD = torch.empty(P, D, dtype=dt, device=dev)
-            _ROW(lambda m: (nb, _cdiv(D, m["BLOCK_N"])), target, C_.dx_configs(target, dt, bm),
+            _ROW(lambda m: (nb * _cdiv(D, m["BLOCK_N"]),), target, C_.dx_configs(target, dt, bm),
                  dh1_RF, w1_EFD, dx_PD, w3_EFD, dh3_RF, wflat_P, ids_R, bexp_B,
-                 P, D, F, KT, F, w1_EFD.stride(0), w1_EFD.stride(2), w1_EFD.stride(1), D,
-                 A_GATHER=False, TWO=True, SCALE=False, BLOCK_M=bm, UPCAST=upcast, PREC=prec)
+                 P, D, F, KT, nb, F, w1_EFD.stride(0), w1_EFD.stride(2), w1_EFD.stride(1), D,
+                 A_GATHER=False, TWO=True, SCALE=False, BLOCK_M=bm, GROUP_M=gm, UPCAST=upcast, PREC=prec)
             dx = _combine(dx_PD, idx_TK, T, D, E, dt)
         dw_cfgs = C_.dw_configs(target, dt, bm)
 
