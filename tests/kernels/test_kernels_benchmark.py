@@ -30,3 +30,11 @@ def test_benchmark_refuses_full_run_on_cpu():
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ")
+
+
+def test_benchmarks_are_not_in_the_installed_packages():
+    import importlib.util
+
+    assert importlib.util.find_spec("moe_kernels.bench") is None
+    assert (ROOT / "benchmarks" / "kernels.py").is_file()
+    assert "benchmarks" not in (ROOT / "setup.py").read_text()  # not listed in packages / package_dir
