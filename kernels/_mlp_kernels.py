@@ -133,6 +133,28 @@ def rowgemm_kernel(a_ptr, b_ptr, c_ptr, b2_ptr, a2_ptr, wt_ptr, ids_ptr, bexp_pt
 
 
 @triton.jit
+def _halves(t, BLOCK_M: tl.constexpr, WIDTH: tl.constexpr):
+    """Columns [0, WIDTH/2) and [WIDTH/2, WIDTH) of a [BLOCK_M, WIDTH] tile (a register split)."""
+    return t.reshape(BLOCK_M, 2, WIDTH // 2).permute(0, 2, 1).split()
+
+
+@triton.jit
+def _dh_sub(g, wt, rows, cols, F, h1_ptr, h3_ptr, dh1_ptr, dh3_ptr):
+    """SwiGLU backward on one column sub-tile: stores dh1, dh3; returns the d(weight) partial sum_f g*h."""
+    off = rows[:, None] * F + cols[None, :]
+    ok = (cols < F)[None, :] & (rows[:, None] >= 0)
+    h1 = tl.load(h1_ptr + off, mask=ok, other=0.0).to(tl.float32)
+    sig = tl.sigmoid(h1)
+    silu = h1 * sig
+    h3 = tl.load(h3_ptr + off, mask=ok, other=0.0).to(tl.float32)
+    dwp = tl.sum(g * (silu * h3), axis=1)
+    gw = g * wt[:, None]
+    tl.store(dh3_ptr + off, (gw * silu).to(dh3_ptr.dtype.element_ty), mask=ok)
+    tl.store(dh1_ptr + off, (gw * h3 * (sig + silu * (1.0 - sig))).to(dh1_ptr.dtype.element_ty), mask=ok)
+    return dwp
+
+
+@triton.jit
 def dh_kernel(dy_ptr, w2_ptr, h1_ptr, h3_ptr, wt_ptr, dh1_ptr, dh3_ptr, dwp_ptr, ids_ptr, bexp_ptr,
               P, D, F, KTOP, R, SLOTS, NUM_M,
               s_dyt, s_we, s_wd, s_wf,
@@ -140,6 +162,8 @@ def dh_kernel(dy_ptr, w2_ptr, h1_ptr, h3_ptr, wt_ptr, dh1_ptr, dh3_ptr, dwp_ptr,
               GROUP_M: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
     """g = dy[tok(r)] @ w2[e] (over D); partial d(weight) = sum_f g*h per F-tile; dh1, dh3 via SwiGLU'.
 
+    The SwiGLU backward runs on column sub-tiles of at most 32 (the accumulator split in registers), so
+    the epilogue's live values (g, h1, h3, sigmoid, silu) stay small at wide tiles and no config spills.
     The partials buffer has SLOTS >= cdiv(F, BLOCK_N) rows (sized for the narrowest autotuned BLOCK_N):
     program (m, 0) also zeroes the slots past this config's tile count, so every slot is written by
     exactly one program whatever config runs, and the fixed-order sum over slots is exact.
@@ -162,23 +186,30 @@ def dh_kernel(dy_ptr, w2_ptr, h1_ptr, h3_ptr, wt_ptr, dh1_ptr, dh3_ptr, dwp_ptr,
         b = tl.load(w2_ptr + e * s_we + offs_k[:, None] * s_wd + offs_n[None, :] * s_wf,
                     mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         acc = _dot(a, b, acc, UPCAST, PREC)
-    off = rows[:, None] * F + offs_n[None, :]
-    ok = n_ok[None, :] & (rows[:, None] >= 0)
-    h1 = tl.load(h1_ptr + off, mask=ok, other=0.0).to(tl.float32)
-    h3 = tl.load(h3_ptr + off, mask=ok, other=0.0).to(tl.float32)
-    sig = tl.sigmoid(h1)
-    silu = h1 * sig
-    dwp = tl.sum(acc * (silu * h3), axis=1)
+    wt = tl.load(wt_ptr + pair, mask=valid, other=0.0).to(tl.float32)
+    n0 = pid_n.to(tl.int64) * BLOCK_N
+    if BLOCK_N >= 128:  # four sub-tiles of BLOCK_N / 4
+        Q: tl.constexpr = BLOCK_N // 4
+        cq = tl.arange(0, Q).to(tl.int64)
+        a0, a1 = _halves(acc, BLOCK_M, BLOCK_N)
+        a00, a01 = _halves(a0, BLOCK_M, BLOCK_N // 2)
+        a10, a11 = _halves(a1, BLOCK_M, BLOCK_N // 2)
+        dwp = _dh_sub(a00, wt, rows, n0 + cq, F, h1_ptr, h3_ptr, dh1_ptr, dh3_ptr)
+        dwp += _dh_sub(a01, wt, rows, n0 + Q + cq, F, h1_ptr, h3_ptr, dh1_ptr, dh3_ptr)
+        dwp += _dh_sub(a10, wt, rows, n0 + 2 * Q + cq, F, h1_ptr, h3_ptr, dh1_ptr, dh3_ptr)
+        dwp += _dh_sub(a11, wt, rows, n0 + 3 * Q + cq, F, h1_ptr, h3_ptr, dh1_ptr, dh3_ptr)
+    elif BLOCK_N >= 64:  # two halves
+        H: tl.constexpr = BLOCK_N // 2
+        ch = tl.arange(0, H).to(tl.int64)
+        a0, a1 = _halves(acc, BLOCK_M, BLOCK_N)
+        dwp = _dh_sub(a0, wt, rows, n0 + ch, F, h1_ptr, h3_ptr, dh1_ptr, dh3_ptr)
+        dwp += _dh_sub(a1, wt, rows, n0 + H + ch, F, h1_ptr, h3_ptr, dh1_ptr, dh3_ptr)
+    else:
+        dwp = _dh_sub(acc, wt, rows, offs_n, F, h1_ptr, h3_ptr, dh1_ptr, dh3_ptr)
     tl.store(dwp_ptr + pid_n.to(tl.int64) * R + rows, dwp)
     if pid_n == 0:
         for s in range(tl.cdiv(F, BLOCK_N), SLOTS):
             tl.store(dwp_ptr + s * R + rows, tl.zeros((BLOCK_M,), dtype=tl.float32))
-    wt = tl.load(wt_ptr + pair, mask=valid, other=0.0).to(tl.float32)
-    dh = acc * wt[:, None]
-    dh1 = dh * h3 * sig * (1.0 + h1 * (1.0 - sig))
-    dh3 = dh * silu
-    tl.store(dh1_ptr + off, dh1.to(dh1_ptr.dtype.element_ty), mask=ok)
-    tl.store(dh3_ptr + off, dh3.to(dh3_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit

@@ -59,6 +59,7 @@ class Resources:
     ctas_per_sm: int = 0
     compile_s: float = 0.0
     error: str = ""
+    key: str = ""     # specialisation hash (cache file name)
 
     @property
     def spills(self) -> int:
@@ -197,9 +198,10 @@ def compile_spec(spec: Spec, use_cache: bool = True) -> Resources:
     path = cache_dir() / f"{spec.key}.json"
     if use_cache and path.exists():
         res = Resources(**json.loads(path.read_text()))
-        res.flags, res.config = spec.flags, spec.config
+        res.flags, res.config, res.key = spec.flags, spec.config, spec.key
         return res
     res = _compile(spec)
+    res.key = spec.key
     if use_cache and not res.error:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -252,27 +254,32 @@ def violations(reports: list) -> list[str]:
     return sorted(set(out))
 
 
+_HIDE_FLAGS = ("UPCAST=0", "GROUP_M=16")  # the same in every GPU launch
+
+
 def table(reports: list) -> str:
-    """Markdown resource table, one row per distinct (target, kernel, dtype, flags, config)."""
+    """Markdown resource table, one row per distinct specialisation (kernel, flags, config, and the
+    size attributes Triton specialises on), labelled with the first case that launched it."""
     seen, rows = set(), []
     for rep in reports:
         for r in rep.results:
-            k = (r.target, r.kernel, r.dtype, r.flags, r.config)
-            if k not in seen:
-                seen.add(k)
-                rows.append(r)
-    rows.sort(key=lambda r: (r.target, r.kernel, r.dtype, r.flags, r.config))
-    lines = ["| target | kernel | dtype | flags | config | regs | spill st/ld (B) | smem (KB) | CTAs/SM | wgmma N |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
+            if r.key not in seen:
+                seen.add(r.key)
+                rows.append((rep.scenario, r))
+    rows.sort(key=lambda sr: (sr[1].target, sr[1].kernel, sr[1].dtype, sr[1].flags, sr[1].config, sr[0]))
+    lines = ["| target | kernel | dtype | flags | config | first case | regs | spill st/ld (B) | smem (KB) "
+             "| CTAs/SM | wgmma N |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for case, r in rows:
+        flags = " ".join(f for f in r.flags.split() if f not in _HIDE_FLAGS)
+        head = f"| {r.target} | {r.kernel} | {r.dtype} | {flags} | {r.config} | {case} |"
         if r.error:
-            lines.append(f"| {r.target} | {r.kernel} | {r.dtype} | {r.flags} | {r.config} | error: {r.error} |"
-                         " | | | |")
+            lines.append(f"{head} error: {r.error} | | | | |")
             continue
         wg = str(r.wgmma_n) if r.wgmma else ("-" if r.gemm and r.target == "sm90" else "")
         over = " (over)" if r.smem > r.smem_limit else ""
-        lines.append(f"| {r.target} | {r.kernel} | {r.dtype} | {r.flags} | {r.config} | {r.regs} | "
-                     f"{r.spill_stores}/{r.spill_loads} | {r.smem / 1024:.0f}{over} | {r.ctas_per_sm} | {wg} |")
+        lines.append(f"{head} {r.regs} | {r.spill_stores}/{r.spill_loads} | {r.smem / 1024:.0f}{over} | "
+                     f"{r.ctas_per_sm} | {wg} |")
     return "\n".join(lines)
 
 
