@@ -131,11 +131,12 @@ def main(argv=None) -> int:
                                  "and print the resource table (compile-time facts, no GPU).")
     ap.add_argument("--full", action="store_true", help="the whole matrix (slow: fp32 configs take minutes)")
     ap.add_argument("--target", nargs="+", default=list(TARGETS), choices=list(TARGETS))
+    ap.add_argument("--summary", action="store_true", help="one row per kernel and flags instead of per config")
     ap.add_argument("--no-cache", action="store_true", help=f"ignore and do not write {aot.cache_dir()}")
     args = ap.parse_args(argv)
     reports = run(FULL if args.full else DEFAULT, args.target, not args.no_cache,
                   log=lambda m: print(m, file=sys.stderr))
-    print(aot.table(reports))
+    print(aot.summary(reports) if args.summary else aot.table(reports))
     bad = aot.violations(reports)
     for line in bad:
         print("VIOLATION", line)

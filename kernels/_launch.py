@@ -1,7 +1,7 @@
 """Where every moe_kernels launch goes: the target of a tensor, per-target autotuning, and a recorder.
 
-A Target names the compile target a launch is for ("sm90": Hopper and later, wgmma; "sm80": Ampere and
-other GPUs; "interp": Triton's CPU interpreter) with its per-block shared-memory limit. The launchers
+A Target names the compile target a launch is for ("sm90": Hopper, wgmma, and datacenter Blackwell;
+"sm80": Ampere and the other GPUs; "interp": Triton's CPU interpreter) with its shared-memory limits. The launchers
 (moe_mlp.py, gating.py) pick tile sizes and autotune spaces from it (_configs.py) and call `launch` or a
 `Tuned` kernel here, and nothing else launches a kernel.
 
@@ -35,13 +35,16 @@ class Target:
 
 SM90 = Target("sm90", 90, 232448, 233472, 132)
 SM80 = Target("sm80", 80, 166912, 167936, 108)
+SMEM_SM86 = 101376  # sm_86 / sm_89 (and sm_120) opt-in limit: the sm80 lists are checked against it too
 INTERP = Target("interp", 0, 0, 0, 1)
 
 
 @functools.lru_cache(maxsize=None)
 def _cuda_target(index: int) -> Target:
+    """sm90 lists for Hopper and datacenter Blackwell (>= 227 KB shared memory per block); sm80 lists,
+    which also fit the 99 KB of sm_86 / sm_89 / sm_120, for everything else."""
     major, _minor = torch.cuda.get_device_capability(index)
-    return SM90 if major >= 9 else SM80
+    return SM90 if major in (9, 10) else SM80
 
 
 def target_of(t: torch.Tensor) -> Target:

@@ -11,8 +11,9 @@ registers and spills, Triton's metadata the shared memory the launcher will requ
 no GPU runs anything here. Results are cached per specialisation in `cache_dir()`.
 
 Checks (`violations`): a compile error; a config over the target's shared-memory limit (the launch would
-raise OutOfResources for it, or for all of them); a register spill anywhere except in fp32 GEMMs (the fp32
-correctness path may spill but must launch); an sm_90 16-bit GEMM without wgmma.
+raise OutOfResources for it, or for all of them; sm80 configs are also held to the 99 KB of sm_86/sm_89,
+which use the same lists); a register spill anywhere except in fp32 GEMMs (the fp32 correctness path may
+spill but must launch); an sm_90 16-bit GEMM without wgmma.
 Uses Triton 3.9's JIT internals (`create_function_from_signature`, `JITFunction._pack_args`).
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import create_function_from_signature
 
-from ._launch import Launch, Target
+from ._launch import SMEM_SM86, Launch
 
 REGS_PER_SM, MAX_THREADS_PER_SM, MAX_CTAS_PER_SM = 65536, 2048, 32
 
@@ -247,6 +248,8 @@ def violations(reports: list) -> list[str]:
                 continue
             if r.smem > r.smem_limit:
                 out.append(f"{what}: needs {r.smem} B shared memory > {r.smem_limit}")
+            elif r.target == "sm80" and r.smem > SMEM_SM86:  # the sm80 lists also serve sm_86/89 GPUs
+                out.append(f"{what}: needs {r.smem} B shared memory > {SMEM_SM86} (sm_86/sm_89)")
             if r.spills and not (r.gemm and r.dtype == "fp32"):
                 out.append(f"{what}: spills {r.spill_stores} B stores / {r.spill_loads} B loads per thread")
             if r.target == "sm90" and r.gemm and r.dtype in ("bf16", "fp16") and not r.wgmma:
@@ -280,6 +283,33 @@ def table(reports: list) -> str:
         over = " (over)" if r.smem > r.smem_limit else ""
         lines.append(f"{head} {r.regs} | {r.spill_stores}/{r.spill_loads} | {r.smem / 1024:.0f}{over} | "
                      f"{r.ctas_per_sm} | {wg} |")
+    return "\n".join(lines)
+
+
+def summary(reports: list) -> str:
+    """Markdown table, one row per (target, kernel, dtype, flags; all flags of non-GEMM kernels together):
+    specialisations compiled (configs x sizes x flags), and the range of registers, spills, shared
+    memory, CTAs/SM and wgmma N over them."""
+    groups: dict = {}
+    for rep in reports:
+        for r in rep.results:
+            flags = " ".join(f for f in r.flags.split() if f not in _HIDE_FLAGS)
+            if not r.gemm:  # gating / combine: one row over all their flag combinations
+                flags = "all"
+            groups.setdefault((r.target, r.kernel, r.dtype, flags), {})[r.key] = r
+    lines = ["| target | kernel | dtype | flags | compiled | regs | max spill st+ld (B) | max smem (KB) | CTAs/SM "
+             "| wgmma N |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (t, k, d, f), by_key in sorted(groups.items()):
+        rs = [r for r in by_key.values() if not r.error]
+        if len(rs) < len(by_key):
+            lines.append(f"| {t} | {k} | {d} | {f} | {len(by_key)} | {len(by_key) - len(rs)} errors | | | | |")
+            continue
+        regs = sorted({r.regs for r in rs})
+        ctas = sorted({r.ctas_per_sm for r in rs})
+        wg = sorted({r.wgmma_n for r in rs if r.wgmma})
+        wg_s = "/".join(map(str, wg)) if wg else ("-" if t == "sm90" and any(r.gemm for r in rs) else "")
+        lines.append(f"| {t} | {k} | {d} | {f} | {len(rs)} | {regs[0]}-{regs[-1]} | {max(r.spills for r in rs)} | "
+                     f"{max(r.smem for r in rs) / 1024:.0f} | {ctas[0]}-{ctas[-1]} | {wg_s} |")
     return "\n".join(lines)
 
 
