@@ -164,6 +164,8 @@ def run_all(device: torch.device, smoke: bool, warmup: int, iters: int, dtype=to
     for s in gate_shapes:
         log.info("gating %s", s.name)
         results["gating"].append(bench_gating(s, device, warmup, iters))
+    from moe_kernels._launch import autotune_choices
+    results["autotuned"] = autotune_choices()  # configs picked on this GPU (empty on CPU)
     return results
 
 

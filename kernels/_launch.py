@@ -21,7 +21,7 @@ import torch
 import triton
 
 __all__ = ["Target", "SM90", "SM80", "INTERP", "target_of", "recording", "is_recording", "Launch", "Tuned",
-           "launch"]
+           "launch", "autotune_choices"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,20 @@ def launch(kernel, grid, *args, **kwargs):
     kernel[grid](*args, **kwargs)
 
 
+_ALL_TUNED: list = []
+
+
+def autotune_choices() -> dict:
+    """{kernel name: {tuning key: chosen config}} of every autotuning done in this process (GPU runs;
+    the benchmarks record it next to their timings)."""
+    out: dict = {}
+    for t in _ALL_TUNED:
+        for tuner in t._tuners.values():
+            for key, cfg in tuner.cache.items():
+                out.setdefault(t.kernel.fn.__name__, {})[repr(key)] = str(cfg)
+    return out
+
+
 class Tuned:
     """A JIT kernel autotuned over a config list chosen per launch (per target, dtype and BLOCK_M).
 
@@ -119,6 +133,7 @@ class Tuned:
         self.kernel = kernel
         self.key = key
         self._tuners: dict = {}
+        _ALL_TUNED.append(self)
 
     def __call__(self, grid_fn: Callable[[dict], tuple], target: Target, configs: list, *args, **kwargs):
         if _RECORDER is not None:

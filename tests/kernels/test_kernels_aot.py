@@ -53,11 +53,32 @@ def test_recording_captures_a_training_step_without_running_it():
 
 
 def test_autotune_keys_name_kernel_arguments():
-    import importlib
-
-    mlp = importlib.import_module("moe_kernels.moe_mlp")
+    mlp = _mlp_module()
     for tuned in (mlp._UP, mlp._ROW, mlp._DH, mlp._DW):  # triton.autotune rejects unknown names
         triton.autotune(configs=[triton.Config({})], key=tuned.key)(tuned.kernel)
+
+
+def test_autotune_choices_report_what_each_tuner_picked():
+    from types import SimpleNamespace
+
+    from moe_kernels import _launch
+
+    cfg = triton.Config({"BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=4)
+    up = _mlp_module()._UP
+    saved = dict(up._tuners)
+    try:
+        up._tuners[("fake",)] = SimpleNamespace(cache={(4096, 688, 128, True, "torch.bfloat16"): cfg})
+        got = _launch.autotune_choices()["up_kernel"]
+        assert got == {repr((4096, 688, 128, True, "torch.bfloat16")): str(cfg)}
+    finally:
+        up._tuners.clear()
+        up._tuners.update(saved)
+
+
+def _mlp_module():
+    import importlib
+
+    return importlib.import_module("moe_kernels.moe_mlp")  # the attribute moe_kernels.moe_mlp is the function
 
 
 def test_ctas_per_sm_by_hand():
