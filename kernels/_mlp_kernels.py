@@ -5,6 +5,8 @@ Rows are the block-aligned sorted pair ids of _align.py: every BLOCK_M-row tile 
 rows carry the sentinel P. All row/expert offsets are int64 before multiplying by strides.
 UPCAST (constexpr) casts dot operands to fp32: needed by the CPU interpreter, whose bf16 dot is wrong.
 PREC is tl.dot's input_precision ("ieee" for fp32 inputs, so TF32 never changes results silently).
+The row-tile GEMMs (up, rowgemm, dh) run on a 1-D grid in grouped order (`_tile`, GROUP_M row tiles per
+group over NUM_M row tiles); tile sizes per target are in _configs.py.
 """
 import triton
 import triton.language as tl

@@ -55,8 +55,8 @@ class TritonMoEMLP(torch.autograd.Function):
         E, F, _ = w1_EFD.shape
         P = T * KT
         dev, dt = x_TD.device, x_TD.dtype
-        al_ok = C_.aligned(D, F)
-        bm = C_.pick_block_m(P, E, target, dt, al_ok)
+        aligned_DF = C_.aligned(D, F)
+        bm = C_.pick_block_m(P, E, target, dt, aligned_DF)
         al = align_pairs(idx_TK, E, bm)
         R, nb = al.num_rows, al.num_rows // bm
         upcast, prec = _flags(dt, target)
@@ -65,12 +65,12 @@ class TritonMoEMLP(torch.autograd.Function):
         h1_RF = torch.empty(R, F, dtype=dt, device=dev) if save else h_RF
         h3_RF = torch.empty(R, F, dtype=dt, device=dev) if save else h_RF
         gm = C_.group_m(target)
-        _UP(lambda m: (nb * _cdiv(F, m["BLOCK_N"]),), target, C_.configs("up", target, dt, bm, al_ok),
+        _UP(lambda m: (nb * _cdiv(F, m["BLOCK_N"]),), target, C_.configs("up", target, dt, bm, aligned_DF),
             x_TD, w1_EFD, w3_EFD, h_RF, h1_RF, h3_RF, al.sorted_ids_R, al.block_expert_B,
             P, D, F, KT, nb, x_TD.stride(0), w1_EFD.stride(0), w1_EFD.stride(1), w1_EFD.stride(2),
             SAVE=save, BLOCK_M=bm, GROUP_M=gm, UPCAST=upcast, PREC=prec)
         y_PD = torch.empty(P, D, dtype=dt, device=dev)
-        _ROW(lambda m: (nb * _cdiv(D, m["BLOCK_N"]),), target, C_.configs("down", target, dt, bm, al_ok),
+        _ROW(lambda m: (nb * _cdiv(D, m["BLOCK_N"]),), target, C_.configs("down", target, dt, bm, aligned_DF),
              h_RF, w2_EDF, y_PD, w2_EDF, h_RF, wflat_P, al.sorted_ids_R, al.block_expert_B,
              P, D, F, KT, nb, F, w2_EDF.stride(0), w2_EDF.stride(1), w2_EDF.stride(2), D,
              A_GATHER=False, TWO=False, SCALE=True, BLOCK_M=bm, GROUP_M=gm, UPCAST=upcast, PREC=prec)
@@ -78,14 +78,14 @@ class TritonMoEMLP(torch.autograd.Function):
         if save:
             ctx.save_for_backward(x_TD, w_TK, idx_TK, wflat_P, w1_EFD, w3_EFD, w2_EDF, h_RF, h1_RF, h3_RF,
                                   al.sorted_ids_R, al.block_expert_B, al.pad_off_E, al.pad_cnt_E)
-            ctx.meta = (bm, target, al_ok)
+            ctx.meta = (bm, target, aligned_DF)
         return y_TD
 
     @staticmethod
     def backward(ctx, dy_TD):
         (x_TD, w_TK, idx_TK, wflat_P, w1_EFD, w3_EFD, w2_EDF, h_RF, h1_RF, h3_RF,
          ids_R, bexp_B, pad_off_E, pad_cnt_E) = ctx.saved_tensors
-        bm, target, al_ok = ctx.meta
+        bm, target, aligned_DF = ctx.meta
         need_x, need_w, _, need_w1, need_w3, need_w2 = ctx.needs_input_grad[:6]
         dy_TD = dy_TD.to(x_TD.dtype).contiguous()
         T, D = x_TD.shape
@@ -97,7 +97,7 @@ class TritonMoEMLP(torch.autograd.Function):
         upcast, prec = _flags(dt, target)
         dh1_RF = torch.empty(R, F, dtype=dt, device=dev)
         dh3_RF = torch.empty(R, F, dtype=dt, device=dev)
-        dh_cfgs = C_.configs("dh", target, dt, bm, al_ok)
+        dh_cfgs = C_.configs("dh", target, dt, bm, aligned_DF)
         slots = C_.max_ftiles(F, dh_cfgs)  # d(weight) partials: every config writes all slots (zeros past its tiles)
         dwp_SR = torch.empty(slots, R, dtype=torch.float32, device=dev)
         gm = C_.group_m(target)
@@ -113,12 +113,12 @@ class TritonMoEMLP(torch.autograd.Function):
             dw = dw_ext[:P].view(T, KT).to(w_TK.dtype)
         if need_x:
             dx_PD = torch.empty(P, D, dtype=dt, device=dev)
-            _ROW(lambda m: (nb * _cdiv(D, m["BLOCK_N"]),), target, C_.configs("dx", target, dt, bm, al_ok),
+            _ROW(lambda m: (nb * _cdiv(D, m["BLOCK_N"]),), target, C_.configs("dx", target, dt, bm, aligned_DF),
                  dh1_RF, w1_EFD, dx_PD, w3_EFD, dh3_RF, wflat_P, ids_R, bexp_B,
                  P, D, F, KT, nb, F, w1_EFD.stride(0), w1_EFD.stride(2), w1_EFD.stride(1), D,
                  A_GATHER=False, TWO=True, SCALE=False, BLOCK_M=bm, GROUP_M=gm, UPCAST=upcast, PREC=prec)
             dx = _combine(dx_PD, idx_TK, T, D, E, dt)
-        dw_cfgs = C_.configs("dw", target, dt, bm, al_ok)
+        dw_cfgs = C_.configs("dw", target, dt, bm, aligned_DF)
 
         def run_dw(a, b, out, N, M, a_gather, b_gather, a_scale):
             _DW(lambda m: (E, _cdiv(N, m["BLOCK_N"]), _cdiv(M, m["BLOCK_MO"])), target, dw_cfgs,
