@@ -7,6 +7,7 @@
 Dispatch: CUDA tensors run the Triton kernels; CPU tensors run the Triton kernels in Triton's
 interpreter when TRITON_INTERPRET=1 was set before this package was imported, and the pure-torch twins
 of `moe_kernels.reference` otherwise (also whenever Triton is not installed). See kernels/README.md.
+`python -m moe_kernels.aot` compiles every launch for sm_90a / sm_80 on a CPU and reports its resources.
 """
 from __future__ import annotations
 
