@@ -7,6 +7,7 @@
 Dispatch: CUDA tensors run the Triton kernels; CPU tensors run the Triton kernels in Triton's
 interpreter when TRITON_INTERPRET=1 was set before this package was imported, and the pure-torch twins
 of `moe_kernels.reference` otherwise (also whenever Triton is not installed). See kernels/README.md.
+`python -m moe_kernels.aot` compiles every launch for sm_90a / sm_80 on a CPU and reports its resources.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # read once, like tr
 try:  # Triton ships Linux wheels only; without it everything runs on the twins.
     from .gating import topk_gating_triton as _gating_triton
     from .moe_mlp import moe_mlp_triton as _mlp_triton
+    from ._launch import is_recording as _is_recording
     HAVE_TRITON = True
 except ImportError as exc:  # pragma: no cover - depends on the platform
     log.info("moe_kernels: Triton unavailable (%s); using the torch twins", exc)
@@ -36,7 +38,7 @@ def backend_for(t: torch.Tensor) -> str:
     """'triton', 'interpreter' or 'reference': which implementation runs for a tensor on t's device."""
     if not HAVE_TRITON:
         return "reference"
-    if t.is_cuda:
+    if t.is_cuda or (t.device.type == "meta" and _is_recording()):  # meta: moe_kernels.aot records launches
         return "triton"
     if INTERPRET and t.device.type == "cpu":
         return "interpreter"

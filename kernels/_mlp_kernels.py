@@ -5,6 +5,8 @@ Rows are the block-aligned sorted pair ids of _align.py: every BLOCK_M-row tile 
 rows carry the sentinel P. All row/expert offsets are int64 before multiplying by strides.
 UPCAST (constexpr) casts dot operands to fp32: needed by the CPU interpreter, whose bf16 dot is wrong.
 PREC is tl.dot's input_precision ("ieee" for fp32 inputs, so TF32 never changes results silently).
+The row-tile GEMMs (up, rowgemm, dh) run on a 1-D grid in grouped order (`_tile`, GROUP_M row tiles per
+group over NUM_M row tiles); tile sizes per target are in _configs.py.
 """
 import triton
 import triton.language as tl
@@ -19,14 +21,32 @@ def _dot(a, b, acc, UPCAST: tl.constexpr, PREC: tl.constexpr):
 
 
 @triton.jit
+def _tile(NUM_M, N, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(row tile, column tile) of this program on a 1-D grid of NUM_M * cdiv(N, BLOCK_N) programs.
+
+    Groups of GROUP_M consecutive row tiles sweep all column tiles, row tile fastest: the programs
+    resident at once share a few experts' weight tiles and a few gathered row tiles, so both stay in L2
+    (row-fastest over all tiles re-reads the activations once per column tile, column-fastest re-reads
+    an expert's weights once per row tile).
+    """
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(N, BLOCK_N)
+    in_group = GROUP_M * num_n
+    first_m = (pid // in_group) * GROUP_M
+    size_m = tl.minimum(NUM_M - first_m, GROUP_M)
+    pid_m = first_m + (pid % in_group) % size_m
+    pid_n = (pid % in_group) // size_m
+    return pid_m, pid_n
+
+
+@triton.jit
 def up_kernel(x_ptr, w1_ptr, w3_ptr, h_ptr, h1_ptr, h3_ptr, ids_ptr, bexp_ptr,
-              P, D, F, KTOP,
+              P, D, F, KTOP, NUM_M,
               s_xt, s_we, s_wf, s_wd,
               SAVE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-              UPCAST: tl.constexpr, PREC: tl.constexpr):
+              GROUP_M: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
     """h[r, f] = silu(x[tok(r)] . w1[e, f]) * (x[tok(r)] . w3[e, f]); gather fused into the loads."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_m, pid_n = _tile(NUM_M, F, BLOCK_N, GROUP_M)
     e = tl.load(bexp_ptr + pid_m).to(tl.int64)
     if e < 0:
         return
@@ -60,20 +80,35 @@ def up_kernel(x_ptr, w1_ptr, w3_ptr, h_ptr, h1_ptr, h3_ptr, ids_ptr, bexp_ptr,
 
 
 @triton.jit
+def _rows_dot(a_ptr, b_ptr, arow, valid, e, offs_n, n_ok, KDIM, s_a, s_be, s_bn, s_bk, acc,
+              BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """acc += a[arow, :KDIM] @ b[e, offs_n, :KDIM]^T, masked on rows, columns and K."""
+    for k0 in range(0, KDIM, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
+        k_ok = offs_k < KDIM
+        a = tl.load(a_ptr + arow[:, None] * s_a + offs_k[None, :], mask=valid[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(b_ptr + e * s_be + offs_n[None, :] * s_bn + offs_k[:, None] * s_bk,
+                    mask=n_ok[None, :] & k_ok[:, None], other=0.0)
+        acc = _dot(a, b, acc, UPCAST, PREC)
+    return acc
+
+
+@triton.jit
 def rowgemm_kernel(a_ptr, b_ptr, c_ptr, b2_ptr, a2_ptr, wt_ptr, ids_ptr, bexp_ptr,
-                   P, N, KDIM, KTOP,
+                   P, N, KDIM, KTOP, NUM_M,
                    s_a, s_be, s_bn, s_bk, s_c,
                    A_GATHER: tl.constexpr, TWO: tl.constexpr, SCALE: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   UPCAST: tl.constexpr, PREC: tl.constexpr):
+                   GROUP_M: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
     """c[pair(r), n] = wt[pair] * sum_k a[r, k] b[e, n, k]  (+ a2[r, k] b2[e, n, k] when TWO).
 
     Rows of a are padded rows r (or gathered tokens when A_GATHER); c is written per pair (scatter), so
     padding rows and other-rank pairs are never stored. Used for the down projection (a = h, b = w2,
-    scaled by the routing weight) and for dX (a = dh1, b = w1 transposed; a2 = dh3, b2 = w3).
+    scaled by the routing weight) and for dX (a = dh1, b = w1 transposed; a2 = dh3, b2 = w3). With TWO
+    the two products run as two K loops in turn, so each pipelines one operand pair (half the shared
+    memory per stage of one loop over both).
     """
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_m, pid_n = _tile(NUM_M, N, BLOCK_N, GROUP_M)
     e = tl.load(bexp_ptr + pid_m).to(tl.int64)
     if e < 0:
         return
@@ -87,20 +122,11 @@ def rowgemm_kernel(a_ptr, b_ptr, c_ptr, b2_ptr, a2_ptr, wt_ptr, ids_ptr, bexp_pt
     offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     n_ok = offs_n < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, KDIM, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
-        k_ok = offs_k < KDIM
-        a_off = arow[:, None] * s_a + offs_k[None, :]
-        a_ok = valid[:, None] & k_ok[None, :]
-        b_off = e * s_be + offs_n[None, :] * s_bn + offs_k[:, None] * s_bk
-        b_ok = n_ok[None, :] & k_ok[:, None]
-        a = tl.load(a_ptr + a_off, mask=a_ok, other=0.0)
-        b = tl.load(b_ptr + b_off, mask=b_ok, other=0.0)
-        acc = _dot(a, b, acc, UPCAST, PREC)
-        if TWO:
-            a2 = tl.load(a2_ptr + a_off, mask=a_ok, other=0.0)
-            b2 = tl.load(b2_ptr + b_off, mask=b_ok, other=0.0)
-            acc = _dot(a2, b2, acc, UPCAST, PREC)
+    acc = _rows_dot(a_ptr, b_ptr, arow, valid, e, offs_n, n_ok, KDIM, s_a, s_be, s_bn, s_bk, acc,
+                    BLOCK_K, UPCAST, PREC)
+    if TWO:
+        acc = _rows_dot(a2_ptr, b2_ptr, arow, valid, e, offs_n, n_ok, KDIM, s_a, s_be, s_bn, s_bk, acc,
+                        BLOCK_K, UPCAST, PREC)
     if SCALE:
         wt = tl.load(wt_ptr + pair, mask=valid, other=0.0).to(tl.float32)
         acc = acc * wt[:, None]
@@ -109,14 +135,42 @@ def rowgemm_kernel(a_ptr, b_ptr, c_ptr, b2_ptr, a2_ptr, wt_ptr, ids_ptr, bexp_pt
 
 
 @triton.jit
+def _halves(t, BLOCK_M: tl.constexpr, WIDTH: tl.constexpr):
+    """Columns [0, WIDTH/2) and [WIDTH/2, WIDTH) of a [BLOCK_M, WIDTH] tile (a register split)."""
+    return t.reshape(BLOCK_M, 2, WIDTH // 2).permute(0, 2, 1).split()
+
+
+@triton.jit
+def _dh_sub(g, wt, rows, cols, F, h1_ptr, h3_ptr, dh1_ptr, dh3_ptr):
+    """SwiGLU backward on one column sub-tile: stores dh1, dh3; returns the d(weight) partial sum_f g*h."""
+    off = rows[:, None] * F + cols[None, :]
+    ok = (cols < F)[None, :] & (rows[:, None] >= 0)
+    h1 = tl.load(h1_ptr + off, mask=ok, other=0.0).to(tl.float32)
+    sig = tl.sigmoid(h1)
+    silu = h1 * sig
+    h3 = tl.load(h3_ptr + off, mask=ok, other=0.0).to(tl.float32)
+    dwp = tl.sum(g * (silu * h3), axis=1)
+    gw = g * wt[:, None]
+    tl.store(dh3_ptr + off, (gw * silu).to(dh3_ptr.dtype.element_ty), mask=ok)
+    tl.store(dh1_ptr + off, (gw * h3 * (sig + silu * (1.0 - sig))).to(dh1_ptr.dtype.element_ty), mask=ok)
+    return dwp
+
+
+@triton.jit
 def dh_kernel(dy_ptr, w2_ptr, h1_ptr, h3_ptr, wt_ptr, dh1_ptr, dh3_ptr, dwp_ptr, ids_ptr, bexp_ptr,
-              P, D, F, KTOP, R,
+              P, D, F, KTOP, R, SLOTS, NUM_M,
               s_dyt, s_we, s_wd, s_wf,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-              UPCAST: tl.constexpr, PREC: tl.constexpr):
-    """g = dy[tok(r)] @ w2[e] (over D); partial d(weight) = sum_f g*h per F-tile; dh1, dh3 via SwiGLU'."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+              GROUP_M: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """g = dy[tok(r)] @ w2[e] (over D); partial d(weight) = sum_f g*h per F-tile; dh1, dh3 via SwiGLU'.
+
+    The SwiGLU backward runs on column sub-tiles of at most 32 (the accumulator split in registers), so
+    the epilogue's live values (g, h1, h3, sigmoid, silu) stay small at wide tiles and no config spills.
+    The partials buffer has SLOTS >= cdiv(F, BLOCK_N) rows (sized for the narrowest autotuned BLOCK_N):
+    program (m, 0) also zeroes the slots past this config's tile count, so every slot is written by
+    exactly one program whatever config runs, and the fixed-order sum over slots is exact.
+    """
+    pid_m, pid_n = _tile(NUM_M, F, BLOCK_N, GROUP_M)
     e = tl.load(bexp_ptr + pid_m).to(tl.int64)
     if e < 0:
         return
@@ -134,20 +188,30 @@ def dh_kernel(dy_ptr, w2_ptr, h1_ptr, h3_ptr, wt_ptr, dh1_ptr, dh3_ptr, dwp_ptr,
         b = tl.load(w2_ptr + e * s_we + offs_k[:, None] * s_wd + offs_n[None, :] * s_wf,
                     mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         acc = _dot(a, b, acc, UPCAST, PREC)
-    off = rows[:, None] * F + offs_n[None, :]
-    ok = n_ok[None, :] & (rows[:, None] >= 0)
-    h1 = tl.load(h1_ptr + off, mask=ok, other=0.0).to(tl.float32)
-    h3 = tl.load(h3_ptr + off, mask=ok, other=0.0).to(tl.float32)
-    sig = tl.sigmoid(h1)
-    silu = h1 * sig
-    dwp = tl.sum(acc * (silu * h3), axis=1)
-    tl.store(dwp_ptr + pid_n.to(tl.int64) * R + rows, dwp)
     wt = tl.load(wt_ptr + pair, mask=valid, other=0.0).to(tl.float32)
-    dh = acc * wt[:, None]
-    dh1 = dh * h3 * sig * (1.0 + h1 * (1.0 - sig))
-    dh3 = dh * silu
-    tl.store(dh1_ptr + off, dh1.to(dh1_ptr.dtype.element_ty), mask=ok)
-    tl.store(dh3_ptr + off, dh3.to(dh3_ptr.dtype.element_ty), mask=ok)
+    n0 = pid_n.to(tl.int64) * BLOCK_N
+    if BLOCK_N >= 128:  # four sub-tiles of BLOCK_N / 4
+        Q: tl.constexpr = BLOCK_N // 4
+        cq = tl.arange(0, Q).to(tl.int64)
+        a0, a1 = _halves(acc, BLOCK_M, BLOCK_N)
+        a00, a01 = _halves(a0, BLOCK_M, BLOCK_N // 2)
+        a10, a11 = _halves(a1, BLOCK_M, BLOCK_N // 2)
+        dwp = _dh_sub(a00, wt, rows, n0 + cq, F, h1_ptr, h3_ptr, dh1_ptr, dh3_ptr)
+        dwp += _dh_sub(a01, wt, rows, n0 + Q + cq, F, h1_ptr, h3_ptr, dh1_ptr, dh3_ptr)
+        dwp += _dh_sub(a10, wt, rows, n0 + 2 * Q + cq, F, h1_ptr, h3_ptr, dh1_ptr, dh3_ptr)
+        dwp += _dh_sub(a11, wt, rows, n0 + 3 * Q + cq, F, h1_ptr, h3_ptr, dh1_ptr, dh3_ptr)
+    elif BLOCK_N >= 64:  # two halves
+        H: tl.constexpr = BLOCK_N // 2
+        ch = tl.arange(0, H).to(tl.int64)
+        a0, a1 = _halves(acc, BLOCK_M, BLOCK_N)
+        dwp = _dh_sub(a0, wt, rows, n0 + ch, F, h1_ptr, h3_ptr, dh1_ptr, dh3_ptr)
+        dwp += _dh_sub(a1, wt, rows, n0 + H + ch, F, h1_ptr, h3_ptr, dh1_ptr, dh3_ptr)
+    else:
+        dwp = _dh_sub(acc, wt, rows, offs_n, F, h1_ptr, h3_ptr, dh1_ptr, dh3_ptr)
+    tl.store(dwp_ptr + pid_n.to(tl.int64) * R + rows, dwp)
+    if pid_n == 0:
+        for s in range(tl.cdiv(F, BLOCK_N), SLOTS):
+            tl.store(dwp_ptr + s * R + rows, tl.zeros((BLOCK_M,), dtype=tl.float32))
 
 
 @triton.jit

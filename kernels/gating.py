@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
 from .reference import check_gating_args
 
 
@@ -149,10 +150,9 @@ class TritonGating(torch.autograd.Function):
         cnt_E = torch.zeros(E, dtype=torch.int32, device=dev)  # initialised: atomics add into it
         ps = torch.empty(nprog if want_psum else 1, BE, dtype=torch.float32, device=dev)
         bias = bias_E.contiguous() if bias_E is not None else w_TK
-        gating_fwd_kernel[(nprog,)](logits_TE, bias, w_TK, idx_TK, cnt_E, ps, T, E, logits_TE.stride(0),
-                                    float(scale), KTOP=k, SIGMOID=score_function == "sigmoid",
-                                    HAS_BIAS=bias_E is not None, WANT_PSUM=want_psum, BLOCK_T=BT, BLOCK_E=BE,
-                                    KPAD=triton.next_power_of_2(k))
+        launch(gating_fwd_kernel, (nprog,), logits_TE, bias, w_TK, idx_TK, cnt_E, ps, T, E, logits_TE.stride(0),
+               float(scale), KTOP=k, SIGMOID=score_function == "sigmoid", HAS_BIAS=bias_E is not None,
+               WANT_PSUM=want_psum, BLOCK_T=BT, BLOCK_E=BE, KPAD=triton.next_power_of_2(k))
         psum_E = ps.sum(0)[:E] if want_psum else None
         ctx.save_for_backward(logits_TE, idx_TK)
         ctx.k, ctx.sig, ctx.scale = k, score_function == "sigmoid", float(scale)
@@ -171,10 +171,9 @@ class TritonGating(torch.autograd.Function):
         dl_TE = torch.empty_like(logits_TE)
         gw = g_w_TK.contiguous() if g_w_TK is not None else logits_TE
         gp = g_psum_E.contiguous() if g_psum_E is not None else logits_TE
-        gating_bwd_kernel[(triton.cdiv(T, BT),)](logits_TE, idx_TK, gw, gp, dl_TE, T, E, logits_TE.stride(0),
-                                                 ctx.scale, KTOP=ctx.k, SIGMOID=ctx.sig,
-                                                 HAS_GW=g_w_TK is not None, HAS_GP=g_psum_E is not None,
-                                                 BLOCK_T=BT, BLOCK_E=BE)
+        launch(gating_bwd_kernel, (triton.cdiv(T, BT),), logits_TE, idx_TK, gw, gp, dl_TE, T, E,
+               logits_TE.stride(0), ctx.scale, KTOP=ctx.k, SIGMOID=ctx.sig, HAS_GW=g_w_TK is not None,
+               HAS_GP=g_psum_E is not None, BLOCK_T=BT, BLOCK_E=BE)
         return dl_TE, None, None, None, None, None
 
 

@@ -10,8 +10,11 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/ is not installed
 
 
 def main(argv=None) -> int:
@@ -24,7 +27,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default="benchmark_kernels.json", help="output JSON path")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from moe_kernels.bench import format_table, run_all
+    from benchmarks.kernels import format_table, run_all
 
     try:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

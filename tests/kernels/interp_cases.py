@@ -114,3 +114,37 @@ def test_moe_mlp_deterministic_in_interpreter():
     a = grads_of(_interp_mlp, inputs)
     b = grads_of(_interp_mlp, inputs)
     assert torch.equal(a[0], b[0]) and all(torch.equal(u, v) for u, v in zip(a[1], b[1]))
+
+
+def _gemm_cfg(n, k):
+    import triton
+    return [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=4, num_stages=1)]
+
+
+# Tile shapes other than the default interpreter config (the launcher runs the first config of each list):
+# wide dh tiles take the split-epilogue paths (2 or 4 column sub-tiles); the dh lists also hold a narrower
+# BLOCK_N, so the d(weight) partials buffer has more slots than the running config writes tiles, and the
+# slots it does not cover must be zeroed by the kernel (the buffer is torch.empty).
+VARIANTS = {
+    "dh_quarters": dict(dh=[(128, 16), (16, 16)], up=[(32, 32)], down=[(32, 16)], dx=[(16, 32)], bm=16),
+    "dh_halves_bm32": dict(dh=[(64, 32), (16, 16)], up=[(64, 16)], down=[(64, 32)], dx=[(32, 16)], bm=32),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("c", [CASES[5], CASES[8], CASES[9]], ids=["k4_e8", "odd_dims", "other_rank"])
+def test_moe_mlp_other_tile_shapes_match_twin(c, variant, monkeypatch):
+    from moe_kernels import _configs
+
+    v = VARIANTS[variant]
+    lists = {name: _gemm_cfg(*v[name][0]) for name in ("up", "down", "dx")}
+    lists["dh"] = _gemm_cfg(*v["dh"][0]) + _gemm_cfg(*v["dh"][1])
+    default = _configs.configs
+    monkeypatch.setattr(_configs, "configs", lambda kind, *a: lists[kind] if kind in lists else default(kind, *a))
+    monkeypatch.setattr(_configs, "pick_block_m", lambda *a: v["bm"])
+    inputs = make_mlp_inputs(c)
+    y, grads = grads_of(_interp_mlp, inputs)
+    ry, rgrads = grads_of(ref.moe_mlp, inputs)
+    assert_close(y, ry, 1e-5, 1e-5, "y")
+    for name, g, rg in zip(["dx", "dweights", "dw1", "dw3", "dw2"], grads, rgrads):
+        assert_close(g, rg, 1e-5, 1e-5, name)

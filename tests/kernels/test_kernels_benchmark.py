@@ -21,6 +21,7 @@ def test_benchmark_smoke(tmp_path):
     assert mlp["speedup_vs_loop_fwd"] > 0
     gate = res["gating"][0]
     assert gate["moe_kernels"]["us"] > 0 and gate["speedup_vs_eager"] > 0
+    assert res["autotuned"] == {}  # nothing is autotuned on CPU
     assert "expert MLP" in proc.stdout and "gating" in proc.stdout
     assert not (tmp_path / "bench.json.tmp").exists()
 
@@ -30,3 +31,11 @@ def test_benchmark_refuses_full_run_on_cpu():
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ")
+
+
+def test_benchmarks_are_not_in_the_installed_packages():
+    import importlib.util
+
+    assert importlib.util.find_spec("moe_kernels.bench") is None
+    assert (ROOT / "benchmarks" / "kernels.py").is_file()
+    assert "benchmarks" not in (ROOT / "setup.py").read_text()  # not listed in packages / package_dir

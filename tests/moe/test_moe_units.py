@@ -210,21 +210,56 @@ def test_capacity_dropped_assignments_contribute_nothing():
 
 
 @pytest.mark.parametrize("router", ["softmax_topk", "sigmoid", "noisy_topk"])
-def test_kernel_switch_matches_torch_path(router):
-    pytest.importorskip("moe_kernels")
-    out = {}
-    for mode in ("off", "on"):
-        torch.manual_seed(4)
-        layer = layer_for(D=8, F=16, num_experts=4, top_k=2, router=router, use_kernels=mode)
-        with torch.no_grad():
-            for p in layer.parameters():
-                p.normal_(0, 0.3)
-        layer.eval()
-        x = torch.randn(2, 5, 8, requires_grad=True)
-        layer(x).square().sum().backward()
-        out[mode] = [x.grad] + [p.grad for p in layer.parameters() if p.grad is not None]
-    for a, b in zip(out["off"], out["on"]):
-        assert torch.allclose(a, b, atol=1e-5)
+def test_kernel_switch_matches_torch_path(router, tmp_path):
+    """use_kernels="on" runs the Triton kernels (in Triton's CPU interpreter, in a child process that sets
+    TRITON_INTERPRET=1 before anything imports triton) and matches use_kernels="off" (the torch path)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    # Both sides run this source: the child with use_kernels="on" under the interpreter, this process "off".
+    body = f"""
+import torch
+import moe_kernels
+from test_moe_units import layer_for
+calls = []
+for name in ("moe_mlp", "topk_gating"):  # count calls into the kernel API
+    setattr(moe_kernels, name, lambda *a, _f=getattr(moe_kernels, name), _n=name, **k: calls.append(_n) or _f(*a, **k))
+torch.manual_seed(4)
+layer = layer_for(D=8, F=16, num_experts=4, top_k=2, router={router!r}, use_kernels=MODE)
+with torch.no_grad():
+    for p in layer.parameters():
+        p.normal_(0, 0.3)
+layer.eval()
+x = torch.randn(2, 5, 8, requires_grad=True)
+y = layer(x)
+y.square().sum().backward()
+res = [y.detach(), x.grad] + [p.grad for p in layer.parameters() if p.grad is not None]
+backend = moe_kernels.backend_for(x)
+"""
+    child = (f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\nMODE = 'on'\n" + body +
+             f"torch.save({{'res': res, 'calls': calls, 'backend': backend}}, {str(tmp_path / 'on.pt')!r})\n")
+    proc = subprocess.run([sys.executable, "-c", child], env=dict(os.environ, TRITON_INTERPRET="1"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = torch.load(tmp_path / "on.pt", weights_only=True)
+    assert got["backend"] == "interpreter"
+    assert "moe_mlp" in got["calls"], got["calls"]  # the experts ran as Triton kernels
+    if router != "noisy_topk":  # noisy top-k has no gating kernel
+        assert "topk_gating" in got["calls"], got["calls"]
+    import moe_kernels
+
+    saved = moe_kernels.moe_mlp, moe_kernels.topk_gating
+    scope = {"MODE": "off"}
+    try:
+        exec(body, scope)  # noqa: S102 - the same source as the child, torch path
+    finally:
+        moe_kernels.moe_mlp, moe_kernels.topk_gating = saved
+    assert scope["calls"] == [] and len(got["res"]) == len(scope["res"])
+    for a, b in zip(got["res"], scope["res"]):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
 
 
 @pytest.mark.parametrize("router", ["noisy_topk", "softmax_topk", "sigmoid", "switch"])

@@ -1,5 +1,5 @@
-"""Benchmarks of the MoE kernels against baselines measured in the same run (library side of
-tools/benchmark_kernels.py).
+"""Benchmarks of the MoE kernels against baselines measured in the same run (the body of
+tools/benchmark_kernels.py; lives outside the installed packages).
 
 Shape legend: T tokens, D hidden, F expert FFN, E experts, K top-k.
 Baselines: expert MLP via torch._grouped_mm with explicit permute/unpermute, a per-expert loop (the torch
@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F_
 
-from . import moe_mlp, reference, topk_gating, backend_for
+from moe_kernels import backend_for, moe_mlp, reference, topk_gating
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,8 @@ def run_all(device: torch.device, smoke: bool, warmup: int, iters: int, dtype=to
     for s in gate_shapes:
         log.info("gating %s", s.name)
         results["gating"].append(bench_gating(s, device, warmup, iters))
+    from moe_kernels._launch import autotune_choices
+    results["autotuned"] = autotune_choices()  # configs picked on this GPU (empty on CPU)
     return results
 
 
