@@ -9,6 +9,7 @@ E 8 / 16, k 1 / 2 / 4, bf16 / fp16 / fp32, odd sizes (D 1023, F 689), a single t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -115,15 +116,19 @@ def record(case, target) -> list[Launch]:
     return [ln for ln in launches if case.keep is None or case.keep(ln)]
 
 
-def run(cases, targets, use_cache=True, log=None) -> list:
-    """LaunchReports for every case on every target, compiling each distinct specialisation once."""
-    done, reports = {}, []
+def run(cases, targets, use_cache=True, log=None, jobs: int = 1) -> list:
+    """LaunchReports for every case on every target, compiling each distinct specialisation once, in `jobs`
+    processes."""
+    recorded = []
     for tname in targets:
         for case in cases:
             if log:
                 log(f"{tname} {case.name}")
-            reports += aot.compile_launches(record(case, TARGETS[tname]), case.name, done, use_cache)
-    return reports
+            recorded.append((case.name, record(case, TARGETS[tname])))
+    specs = [aot.specialize(ln, cfg) for _, lns in recorded for ln in lns
+             for cfg in (ln.configs if ln.configs is not None else [None])]
+    done = aot.compile_specs(specs, use_cache, jobs)
+    return [rep for name, lns in recorded for rep in aot.compile_launches(lns, name, done, use_cache)]
 
 
 def main(argv=None) -> int:
@@ -133,9 +138,10 @@ def main(argv=None) -> int:
     ap.add_argument("--target", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     ap.add_argument("--summary", action="store_true", help="one row per kernel and flags instead of per config")
     ap.add_argument("--no-cache", action="store_true", help=f"ignore and do not write {aot.cache_dir()}")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile in this many processes")
     args = ap.parse_args(argv)
     reports = run(FULL if args.full else DEFAULT, args.target, not args.no_cache,
-                  log=lambda m: print(m, file=sys.stderr))
+                  log=lambda m: print(m, file=sys.stderr), jobs=args.jobs)
     print(aot.summary(reports) if args.summary else aot.table(reports))
     bad = aot.violations(reports)
     for line in bad:

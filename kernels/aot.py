@@ -218,19 +218,40 @@ class LaunchReport:
     results: list  # Resources per candidate config
 
 
-def compile_launches(launches: list, scenario: str, done: dict | None = None, use_cache=True) -> list:
+_PENDING: list = []  # specs a forked worker compiles, by index (Spec holds JIT functions, which do not pickle)
+
+
+def _compile_pending(args: tuple) -> Resources:
+    i, use_cache = args
+    return compile_spec(_PENDING[i], use_cache)
+
+
+def compile_specs(specs: list, use_cache: bool = True, jobs: int = 1) -> dict:
+    """key -> Resources for distinct specs, in `jobs` forked processes (each compile is single-threaded:
+    Triton's passes, then ptxas and cuobjdump as subprocesses; ptxas' report is read from the process's stdout,
+    which is why this uses processes, not threads)."""
+    unique = list({s.key: s for s in specs}.values())
+    if jobs <= 1 or len(unique) <= 1:
+        return {s.key: compile_spec(s, use_cache) for s in unique}
+    import multiprocessing
+
+    _PENDING[:] = unique
+    try:
+        with multiprocessing.get_context("fork").Pool(min(jobs, len(unique))) as pool:
+            results = pool.map(_compile_pending, [(i, use_cache) for i in range(len(unique))], chunksize=1)
+    finally:
+        _PENDING.clear()
+    return {s.key: r for s, r in zip(unique, results)}
+
+
+def compile_launches(launches: list, scenario: str, done: dict | None = None, use_cache=True,
+                     jobs: int = 1) -> list:
     """LaunchReports for the recorded launches; `done` (key -> Resources) shares compiles across calls."""
     done = {} if done is None else done
-    reports = []
-    for ln in launches:
-        results = []
-        for cfg in (ln.configs if ln.configs is not None else [None]):
-            spec = specialize(ln, cfg)
-            if spec.key not in done:
-                done[spec.key] = compile_spec(spec, use_cache)
-            results.append(done[spec.key])
-        reports.append(LaunchReport(ln, scenario, results))
-    return reports
+    specs = [[specialize(ln, cfg) for cfg in (ln.configs if ln.configs is not None else [None])]
+             for ln in launches]
+    done.update(compile_specs([s for row in specs for s in row if s.key not in done], use_cache, jobs))
+    return [LaunchReport(ln, scenario, [done[s.key] for s in row]) for ln, row in zip(launches, specs)]
 
 
 def violations(reports: list) -> list[str]:

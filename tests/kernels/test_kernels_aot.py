@@ -7,6 +7,7 @@ fp32 launches (a few minutes cold on 2 cores; results cached in moe_kernels.aot.
 `-m slow`: the whole matrix (all dtypes and sizes). Both print the resource table (run with -s).
 """
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -112,7 +113,7 @@ def test_checker_flags_spills_shared_memory_and_missing_wgmma():
 
 
 def _check(case_list):
-    reports = cases.run(case_list, TARGETS)
+    reports = cases.run(case_list, TARGETS, jobs=os.cpu_count() or 1)  # compiles in parallel processes
     print("\n" + aot.table(reports))
     bad = aot.violations(reports)
     assert not bad, "\n".join(bad)
