@@ -29,6 +29,8 @@ def test_roundtrip_identical(tmp_path):
     assert set(a) == set(b) and all(torch.equal(a[n], b[n]) for n in a)
     (m1, e1, _), (m2, e2, _) = read_config(tmp_path / "ck"), read_config(tmp_path / "back")
     assert m1 == m2 and (e2.router, e2.gate_network, e2.scale, e2.top_k) == ("noisy_topk", "mlp", 2.5, 2)
+    assert (e1.num_experts, e1.ffn_size(m1), e1.router, e1.gate_network, e1.scale, e1.top_k) == \
+        (e2.num_experts, e2.ffn_size(m2), e2.router, e2.gate_network, e2.scale, e2.top_k)
     x = ids()
     with torch.no_grad():
         assert torch.equal(load_model(tmp_path / "ck")(x), load_model(tmp_path / "back")(x))
