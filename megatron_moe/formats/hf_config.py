@@ -36,7 +36,7 @@ max_position_embeddings rms_norm_eps rope_theta rope_scaling rope_parameters hea
 attention_dropout
 """.split())
 FAMILY_FIELDS = {"llama": {"attention_bias", "mlp_bias"}, "mistral": {"sliding_window"},
-                 "qwen2": {"use_sliding_window", "sliding_window", "max_window_layers", "layer_types"}}
+                 "qwen2": {"use_sliding_window", "sliding_window", "max_window_layers", "layer_types", "use_mrope"}}
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
 
@@ -101,6 +101,8 @@ def model_config_from_hf(hf: dict, where: str = "config.json", ignore: Iterable[
         raise _fail(where, f"attention_dropout={hf['attention_dropout']} is not supported (no dropout is applied)")
     if hf.get("mlp_bias"):
         raise _fail(where, "mlp_bias=true (biases in the FFN) is not supported")
+    if hf.get("use_mrope"):  # false in every Qwen2/2.5 text checkpoint; true only in multimodal (VL) variants
+        raise _fail(where, "use_mrope=true (multimodal rotary sections) is not supported")
     theta, scaling = read_rope(hf, where)
     try:
         H, D = int(hf["num_attention_heads"]), int(hf["hidden_size"])
