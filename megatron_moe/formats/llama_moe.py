@@ -30,6 +30,7 @@ from .dense import BACKBONE, ExportError, canonical_shapes
 from .hf_config import model_config_from_hf
 from .hf_files import HFTensors, read_json
 from .keys import ExpertMap, KeyMap
+from .mixtral import check_all_routed
 
 log = logging.getLogger(__name__)
 NAME = "llama-moe"
@@ -60,14 +61,7 @@ def _default_inv_freq(model: ModelConfig) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------ export
 def check(model: ModelConfig, moe: MoEConfig) -> None:
-    if not moe.enabled:
-        raise ExportError("--format llama-moe needs an MoE checkpoint but this one is dense; use --format llama")
-    dense = [i for i in range(model.num_layers) if not moe.is_moe_layer(i)]
-    if dense:
-        raise ExportError(f"--format llama-moe needs every layer to be MoE but layers {dense} are dense; "
-                          f"use --format qwen2-moe")
-    if moe.num_shared_experts:
-        raise ExportError("--format llama-moe (v1) has no shared experts; use --format qwen2-moe")
+    check_all_routed(model, moe, "llama-moe")
     if moe.router not in ("noisy_topk", "softmax_topk"):
         raise ExportError(f"--format llama-moe holds a TopKBalancedNoisyGate router but the checkpoint has "
                           f"router={moe.router}; no HF format reproduces it exactly, keep the megatron_moe "

@@ -43,16 +43,21 @@ def check_router(moe: MoEConfig, fmt: str) -> None:
                       f"gate network) but the checkpoint has {what}; {alt}")
 
 
-def check(model: ModelConfig, moe: MoEConfig) -> None:
+def check_all_routed(model: ModelConfig, moe: MoEConfig, fmt: str) -> None:
+    """Formats whose every layer is a routed MoE without shared experts (Mixtral, LLaMA-MoE v1)."""
     if not moe.enabled:
-        raise ExportError("--format mixtral needs an MoE checkpoint but this one is dense; use --format llama")
+        raise ExportError(f"--format {fmt} needs an MoE checkpoint but this one is dense; use --format llama")
     dense = [i for i in range(model.num_layers) if not moe.is_moe_layer(i)]
     if dense:
-        raise ExportError(f"--format mixtral needs every layer to be MoE but layers {dense} are dense; "
+        raise ExportError(f"--format {fmt} needs every layer to be MoE but layers {dense} are dense; "
                           f"use --format qwen2-moe (it has mlp_only_layers)")
     if moe.num_shared_experts:
-        raise ExportError(f"--format mixtral has no shared experts but the checkpoint has {moe.num_shared_experts}; "
+        raise ExportError(f"--format {fmt} has no shared experts but the checkpoint has {moe.num_shared_experts}; "
                           f"use --format qwen2-moe")
+
+
+def check(model: ModelConfig, moe: MoEConfig) -> None:
+    check_all_routed(model, moe, NAME)
     if model.qkv_bias or model.attn_out_bias:
         raise ExportError("--format mixtral has no attention biases but this model has them (a Qwen2 base); "
                           "use --format qwen2-moe")
