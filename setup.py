@@ -1,4 +1,4 @@
-"""Install megatron_moe (the library) and moe_kernels (the Triton kernels, from ./kernels)."""
+"""Install megatron_moe (the library) and moe_kernels (the Triton kernels, from ./kernels/moe_kernels)."""
 from setuptools import find_packages, setup
 
 # Tested ranges. torch: 2.11 (GPU image) .. 2.14 (CPU CI uses 2.13.0).
@@ -17,7 +17,7 @@ INSTALL_REQUIRES = [
     "wandb>=0.17,<1",
     "matplotlib>=3.8,<4",
     "scikit-learn>=1.4,<2",
-    "pymetis>=2023.1",
+    "pymetis>=2025.2",  # CSRAdjacency (xadj/adjncy keywords are deprecated)
     "psutil>=5.9",
 ]
 EXTRAS = {
@@ -40,7 +40,7 @@ setup(
     description="Build Mixture-of-Experts models from dense LLaMA-family checkpoints and continue pre-training them",
     python_requires=">=3.10",
     packages=find_packages(include=["megatron_moe", "megatron_moe.*"]) + ["moe_kernels"],
-    package_dir={"moe_kernels": "kernels"},
+    package_dir={"moe_kernels": "kernels/moe_kernels"},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["megatron-moe=megatron_moe.cli:main"]},

@@ -4,7 +4,7 @@
 # Results go to $OUT (default ./gpu_out); copy the numbers into docs/benchmarks.md with device, date and commit.
 #
 #   bash tools/gpu_check.sh                      # in a venv made by `make venv` on the GPU machine
-#   OUT=/tmp/out bash tools/gpu_check.sh         # without installing: moe_kernels is linked from ./kernels
+#   OUT=/tmp/out bash tools/gpu_check.sh         # without installing: moe_kernels is found in ./kernels
 #
 # Without an installed megatron_moe, megatron-core must be importable, for example from a wheel that you
 # unpacked into PYTHONPATH (see docs/benchmarks.md).
@@ -13,10 +13,8 @@ cd "$(dirname "$0")/.." || exit 2
 OUT=${OUT:-gpu_out}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
-if ! "$PY" -c "import moe_kernels" 2>/dev/null; then  # not installed: expose ./kernels as moe_kernels
-    link_dir=$(mktemp -d)
-    ln -s "$PWD/kernels" "$link_dir/moe_kernels"
-    export PYTHONPATH="$link_dir:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ! "$PY" -c "import moe_kernels" 2>/dev/null; then  # not installed: the package is ./kernels/moe_kernels
+    export PYTHONPATH="$PWD/kernels:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
 step() {  # step NAME SECONDS COMMAND...: run, keep stdout+stderr in $OUT/NAME.txt, report the exit code

@@ -141,3 +141,29 @@ def test_default_launches_compile_clean_for_sm90_and_sm80():
 @pytest.mark.slow
 def test_full_matrix_compiles_clean_for_sm90_and_sm80():
     _check(cases.FULL)
+
+
+def test_fp_fusion_is_explicit_in_every_launch_and_compile():
+    """Our numerics must not change when Triton flips its FP-fusion default (off from 3.10): every launch passes
+    enable_fp_fusion=True, and the compile options the AOT tool (and the JIT) derive from it carry it, without
+    Triton's 'TRITON_DEFAULT_FP_FUSION is unset' warning."""
+    import warnings
+
+    launches = cases.record(cases.MLPCase("t", 2048, 256, 64, 8, 2), SM90) + \
+        cases.record(cases.GateCase("g", 2048, 8, 2, "sigmoid", bias=True), SM80)
+    assert {ln.label for ln in launches} >= {"up_kernel", "dw_kernel", "combine_kernel"}
+    assert launches and all(ln.kwargs.get("enable_fp_fusion") is True for ln in launches)
+    saved = os.environ.pop("TRITON_DEFAULT_FP_FUSION", None)
+    try:
+        from triton import knobs
+        knobs.language.default_fp_fusion = False  # what Triton 3.10 will default to
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for ln in launches:
+                spec = aot.specialize(ln, (ln.configs or [None])[0])
+                assert spec.options["enable_fp_fusion"] is True, (ln.label, spec.options)
+        assert not [w for w in caught if "FP_FUSION" in str(w.message)], [str(w.message) for w in caught]
+    finally:
+        knobs.language.default_fp_fusion = True
+        if saved is not None:
+            os.environ["TRITON_DEFAULT_FP_FUSION"] = saved

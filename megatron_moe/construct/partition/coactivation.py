@@ -56,8 +56,8 @@ def metis_labels(A_FF: torch.Tensor, num_parts: int, threshold: float = 0.0, see
     rows, cols = weights.nonzero(as_tuple=True)
     xadj = np.concatenate([[0], np.cumsum(np.bincount(rows.numpy(), minlength=F))]).astype(np.int64)
     opts = pymetis.Options(seed=int(seed))
-    _, parts = pymetis.part_graph(num_parts, xadj=xadj, adjncy=cols.numpy(),
-                                  eweights=weights[rows, cols].long().numpy(), options=opts)
+    graph = pymetis.CSRAdjacency(adj_starts=xadj, adjacent=cols.numpy())
+    _, parts = pymetis.part_graph(num_parts, graph, eweights=weights[rows, cols].long().numpy(), options=opts)
     return np.asarray(parts, dtype=np.int64)
 
 

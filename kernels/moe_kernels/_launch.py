@@ -21,7 +21,12 @@ import torch
 import triton
 
 __all__ = ["Target", "SM90", "SM80", "INTERP", "target_of", "recording", "is_recording", "Launch", "Tuned",
-           "launch", "autotune_choices"]
+           "launch", "autotune_choices", "COMPILE_OPTIONS"]
+
+# Compile options every launch passes explicitly, so that a Triton upgrade cannot change our numerics by changing a
+# default. FP fusion (a*b+c as one fused multiply-add, one rounding) is what every parity tolerance, benchmark and
+# resource table here was measured with; Triton 3.9 warns that its default flips to off in 3.10.
+COMPILE_OPTIONS = {"enable_fp_fusion": True}
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,7 @@ def _label(kernel) -> str:
 
 def launch(kernel, grid, *args, **kwargs):
     """A fixed-config launch (small latency-bound kernels: gating, combine)."""
+    kwargs = {**kwargs, **COMPILE_OPTIONS}
     if _RECORDER is not None:
         _RECORDER.launches.append(Launch(kernel, grid, args, kwargs, None, _RECORDER.target, _label(kernel)))
         return
@@ -136,6 +142,7 @@ class Tuned:
         _ALL_TUNED.append(self)
 
     def __call__(self, grid_fn: Callable[[dict], tuple], target: Target, configs: list, *args, **kwargs):
+        kwargs = {**kwargs, **COMPILE_OPTIONS}
         if _RECORDER is not None:
             _RECORDER.launches.append(Launch(self.kernel, grid_fn, args, kwargs, list(configs), target,
                                              _label(self.kernel)))
