@@ -5,21 +5,153 @@
         ... write files under tmp ...
     # on success: every file fsynced, then one rename to save_dir; on any failure (also at commit): tmp removed
     write_text_atomic(path, text)           # one small file: temp name, fsync, rename
+    with writing(path): ...                 # a third-party writer's failure -> OutputError naming `path`
 
 A reader never sees a half-written output under its final name: it is absent or complete.
+Temporary names are `.NAME.tmp-HOST-PID`: a later writer of NAME on the same host removes those whose process is
+gone (a job killed with SIGKILL, or a node that lost power, cleans up nothing itself).
+Failures inside writers that are not ours (DCP's CheckpointException, safetensors' SafetensorError, torch.save's
+RuntimeError, a bare OSError) are mapped back to one line: a full disk, a file-size limit, a read-only or
+forbidden place become OutputError ("cannot write PATH: No space left on device"); a Ctrl-C or SIGTERM that such a
+writer wrapped is raised again as the interrupt it was.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import re
 import shutil
+import socket
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from .errors import UserError
 
 
 class OutputError(UserError):
-    """An output path that cannot be written (exists, under a file, in an unwritable directory)."""
+    """An output path that cannot be written (exists, under a file, in an unwritable directory, disk full)."""
+
+
+# ------------------------------------------------------------------------------------ writer failures
+# errnos that mean "this place cannot take the output", not "the program is wrong"
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+# errnos of OSErrors that are bad input or environment when they reach the command line (others are bugs)
+USER_ERRNOS = WRITE_ERRNOS | {errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG,
+                              errno.ENOTEMPTY, errno.ELOOP, errno.EMFILE, errno.ENFILE, errno.EXDEV}
+_OS_CODE = re.compile(r"Os \{ code: (\d+)|\(os error (\d+)\)")  # Rust's io::Error, as safetensors words it
+
+
+def _causes(err: BaseException, depth: int = 0) -> Iterator[BaseException]:
+    """err, what it wraps (DCP's per-rank failures), its cause and context, recursively."""
+    if err is None or depth > 8:
+        return
+    yield err
+    failures = getattr(err, "failures", None)
+    if isinstance(failures, dict):
+        for f in failures.values():
+            yield from _causes(f[0] if isinstance(f, tuple) else f, depth + 1)
+    yield from _causes(err.__cause__, depth + 1)
+    if not err.__suppress_context__:
+        yield from _causes(err.__context__, depth + 1)
+
+
+def interrupt_in(err: BaseException) -> Optional[KeyboardInterrupt]:
+    """The Ctrl-C / termination signal a writer wrapped in its own exception, if any."""
+    return next((e for e in _causes(err) if isinstance(e, KeyboardInterrupt)), None)
+
+
+def user_facing_os_error(err: OSError) -> bool:
+    return err.errno in USER_ERRNOS or (err.errno is None and err.strerror is None)
+
+
+def write_failure(err: BaseException) -> Optional[str]:
+    """Why a write failed, in words, when the cause is the place written to (disk full, size limit, read-only,
+    permissions, I/O error); None for anything else (a bug keeps its traceback)."""
+    for e in _causes(err):
+        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+            return e.strerror or os.strerror(e.errno)
+        text = str(e)
+        m = _OS_CODE.search(text)  # safetensors: "I/O error: File too large (os error 27)" (0.8), "Os { code: 27"
+        code = int(m.group(1) or m.group(2)) if m else None
+        if code in WRITE_ERRNOS:
+            return os.strerror(code)
+        if isinstance(e, RuntimeError) and "file write failed" in text:  # torch.save's zip writer
+            return "write failed (disk full or file size limit?)"
+    return None
+
+
+@contextlib.contextmanager
+def writing(path: str | Path):
+    """Map a writer's failure while producing `path` back to the contract: OutputError for the place, the
+    original interrupt for a wrapped Ctrl-C/SIGTERM; anything else propagates unchanged."""
+    try:
+        yield
+    except (KeyboardInterrupt, UserError):
+        raise
+    except BaseException as err:  # CheckpointException is a BaseException
+        if isinstance(err, (SystemExit, GeneratorExit)):
+            raise
+        wrapped = interrupt_in(err)
+        if wrapped is not None:
+            raise wrapped from None
+        reason = write_failure(err)
+        if reason is not None:
+            raise OutputError(f"cannot write {path}: {reason}") from None
+        raise
+
+
+# ----------------------------------------------------------------------------------- temporary names
+_HOST = socket.gethostname().replace("/", "_")
+
+
+def temp_path(final: Path, kind: str = "tmp") -> Path:
+    """`.NAME.tmp-HOST-PID` next to `final` (kind: tmp, old)."""
+    return final.parent / f".{final.name}.{kind}-{_HOST}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_temps(final: Path) -> list[Path]:
+    """Temporaries of `final` left by dead processes of this host (also the older `.NAME.tmp-PID` form)."""
+    final = Path(final)
+    if not final.parent.is_dir():
+        return []
+    prefix = f".{final.name}."
+    out = []
+    for p in final.parent.iterdir():
+        if not p.name.startswith(prefix):
+            continue
+        rest = p.name[len(prefix):]
+        m = re.fullmatch(r"(?:tmp|old)-(?:(.+)-)?(\d+)", rest)
+        if not m:
+            continue
+        host, pid = m.group(1), int(m.group(2))
+        if (host is None or host == _HOST) and pid != os.getpid() and not _pid_alive(pid):
+            out.append(p)
+    return sorted(out)
+
+
+def remove_stale_temps(final: Path) -> list[Path]:
+    """Remove what dead writers of `final` left behind; returns what was removed."""
+    import logging
+
+    removed = stale_temps(final)
+    for p in removed:
+        logging.getLogger(__name__).info("removing %s, left by a writer that is gone", p)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return removed
 
 
 def fsync_dir(path: Path) -> None:
@@ -73,10 +205,31 @@ def probe_writable(directory: Path, target: Path) -> None:
     os.unlink(name)
 
 
-def check_output(path: str | Path, overwrite: bool = False, flag: str = "--save") -> Path:
-    """Validate an output path before any work: it must not exist (unless `overwrite`), and its parent must be a
-    writable directory or creatable under one. Returns the path; raises OutputError with one line."""
+def overlaps(output: str | Path, inputs) -> Optional[Path]:
+    """The first input that `output` would overwrite or replace: the same path, a path inside the output
+    directory, or (for an output inside an input directory) the input directory itself. Inputs may be dataset
+    prefixes (PREFIX.bin/.idx count)."""
+    out = Path(output).resolve()
+    for raw in inputs:
+        if raw in (None, "", "-"):
+            continue
+        for cand in (Path(raw), Path(f"{raw}.bin"), Path(f"{raw}.idx")):
+            if not cand.exists():
+                continue
+            inp = cand.resolve()
+            if out == inp or inp.is_relative_to(out) or (inp.is_dir() and out.is_relative_to(inp)):
+                return Path(raw)
+    return None
+
+
+def check_output(path: str | Path, overwrite: bool = False, flag: str = "--save", inputs=()) -> Path:
+    """Validate an output path before any work: it must not exist (unless `overwrite`), must not be or contain
+    one of `inputs`, and its parent must be a writable directory or creatable under one. Returns the path;
+    raises OutputError with one line."""
     p = Path(path)
+    hit = overlaps(p, inputs)
+    if hit is not None:
+        raise OutputError(f"{flag} {p} would overwrite the input {hit}; an output never replaces an input")
     if p.exists() and not overwrite:
         raise OutputError(f"{p} already exists; choose another {flag} or remove it")
     if p.exists() and overwrite and not (p.is_dir() or p.is_file()):
@@ -93,16 +246,16 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """`write_text_atomic` for bytes."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        with writing(path):
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone after the rename; removed on every failure, also of close()
     fsync_dir(path.parent)
 
 
@@ -112,24 +265,30 @@ class AtomicDir:
     `overwrite=True` replaces an existing NAME at commit (after the new one is complete). Any exception inside
     the `with` block, or during commit, removes the temporary directory."""
 
-    def __init__(self, final: str | Path, overwrite: bool = False, flag: str = "--save"):
-        self.final = check_output(final, overwrite, flag)
+    def __init__(self, final: str | Path, overwrite: bool = False, flag: str = "--save", inputs=()):
+        self.final = check_output(final, overwrite, flag, inputs)
         self.overwrite = overwrite
-        self.tmp = self.final.parent / f".{self.final.name}.tmp-{os.getpid()}"
+        remove_stale_temps(self.final)
+        self.tmp = temp_path(self.final)
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
-        self.tmp.mkdir(parents=True)
+        with writing(self.final):
+            self.tmp.mkdir(parents=True)
         self.committed: Optional[Path] = None
 
     def commit(self) -> Path:
-        fsync_tree(self.tmp)
-        if self.final.exists() and self.overwrite:
-            old = self.final.parent / f".{self.final.name}.old-{os.getpid()}"
-            os.replace(self.final, old)
-            os.replace(self.tmp, self.final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.final)
+        with writing(self.final):
+            fsync_tree(self.tmp)
+            if self.final.exists() and self.overwrite:
+                old = temp_path(self.final, "old")
+                os.replace(self.final, old)
+                os.replace(self.tmp, self.final)
+                shutil.rmtree(old, ignore_errors=True)
+            elif self.final.exists():  # another process produced it while we were writing
+                raise OutputError(f"{self.final} appeared while this command was writing it (another process?); "
+                                  f"nothing was replaced")
+            else:
+                os.replace(self.tmp, self.final)
         fsync_dir(self.final.parent)
         self.committed = self.final
         return self.final
@@ -141,15 +300,24 @@ class AtomicDir:
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is not None:
-            self.abort()
-            return False
+        return _finish(self, exc)
+
+
+def _finish(writer, exc: Optional[BaseException]) -> bool:
+    """`with` exit of AtomicDir / StagedWriter: commit on success; on any failure remove the temporary, and map a
+    third-party writer's failure to one line (`writing`)."""
+    if exc is None:
         try:
-            self.commit()
+            writer.commit()  # commit maps its own failures
         except BaseException:
-            self.abort()
+            writer.abort()  # e.g. disk full at the final flush: leave no temporary directory behind
             raise
         return False
+    writer.abort()
+    if not isinstance(exc, (KeyboardInterrupt, UserError, SystemExit, GeneratorExit)):
+        with writing(writer.final):
+            raise exc
+    return False
 
 
 class StagedWriter:
@@ -159,8 +327,8 @@ class StagedWriter:
 
     json_indent = 1
 
-    def __init__(self, final: str | Path, overwrite: bool = False):
-        self._dir = AtomicDir(final, overwrite)
+    def __init__(self, final: str | Path, overwrite: bool = False, inputs=()):
+        self._dir = AtomicDir(final, overwrite, inputs=inputs)
         self.final, self.tmp = self._dir.final, self._dir.tmp
 
     def finish(self) -> None:
@@ -175,7 +343,8 @@ class StagedWriter:
         shutil.copy2(src, self.tmp / (name or Path(src).name))
 
     def commit(self) -> Path:
-        self.finish()
+        with writing(self.final):
+            self.finish()
         return self._dir.commit()
 
     def abort(self) -> None:
@@ -185,12 +354,4 @@ class StagedWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None:
-            try:
-                self.commit()
-            except BaseException:  # e.g. disk full at the final flush: leave no temporary directory behind
-                self.abort()
-                raise
-        else:
-            self.abort()
-        return False
+        return _finish(self, exc)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,13 @@ class ModelConfig:
                                   "vocab_size", "max_seq_len", "rope_theta", "norm_eps"), 0, strict=True)
         _at_least("model", self, ("init_std",), 0)
         check_rope_scaling(self.rope_scaling, "model.rope_scaling")
+        for name in ("bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            ids = value if isinstance(value, list) and name == "eos_token_id" else [value]
+            if not ids or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < self.vocab_size
+                                  for i in ids):
+                raise ConfigError(f"model.{name}={value!r} must be a token id in [0, {self.vocab_size})"
+                                  + (" or a list of them" if name == "eos_token_id" else ""))
 
 
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -451,6 +459,10 @@ class TrainConfig:
     exit_interval: Optional[int] = None
     """Save a checkpoint and exit cleanly once the step count is a multiple of this (e.g. to fit a SLURM time
     limit; the same command resumes). None runs to train_steps."""
+    stop_signals: list = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    """Signals that stop training gracefully: finish the step, save a checkpoint, exit with code 75 (rerun the
+    same command to resume). SIGTERM is what slurm, `scancel`, preemption and `docker stop` send; SIGUSR1 is what
+    `sbatch --signal=USR1@SECONDS` sends ahead of the time limit. [] makes SIGTERM stop at once (exit 143)."""
 
     def validate(self) -> None:
         if self.lr_schedule not in ("cosine", "linear", "constant"):
@@ -468,6 +480,16 @@ class TrainConfig:
         _at_least("train", self, ("adam_eps",), 0, strict=True)
         if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
             raise ConfigError(f"train.adam_beta1={self.adam_beta1}, adam_beta2={self.adam_beta2} must be in [0, 1)")
+        from .signals import parse_signal
+
+        for name in self.stop_signals:
+            try:
+                sig = parse_signal(name)
+            except ValueError:
+                raise ConfigError(f"train.stop_signals: unknown signal {name!r}") from None
+            if sig.name in ("SIGKILL", "SIGSTOP", "SIGINT"):
+                raise ConfigError(f"train.stop_signals: {sig.name} cannot be used (SIGINT, Ctrl-C, always stops at "
+                                  f"once; SIGKILL and SIGSTOP cannot be caught)")
 
 
 @dataclass
@@ -503,6 +525,9 @@ class LoggingConfig:
     """wandb run name (defaults to the run directory name)."""
     peak_tflops: Optional[float] = None
     """Per-device peak TFLOPS for MFU; None picks a known value for the GPU (H100 989, A100 312) or skips MFU."""
+    lock_run_dir: bool = True
+    """Hold an flock on run_dir/.lock while training, so a second job on the same run directory is refused
+    (training/run_lock.py). Set false only on a filesystem without flock support."""
 
     def validate(self) -> None:
         if not self.run_dir:
@@ -529,8 +554,15 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Logging."""
 
-    explicit: set = field(default_factory=set, repr=False, compare=False, metadata={"internal": True})
-    """Internal: dotted model/moe keys the user set explicitly (filled by load_config; not part of to_dict)."""
+    explicit: dict = field(default_factory=dict, repr=False, compare=False, metadata={"internal": True})
+    """Dotted model/moe keys the user wrote -> where (the YAML file, or 'the command line'); a model preset's
+    fields are not among them. Filled by load_config / mark_explicit; not part of to_dict. A loaded checkpoint
+    supplies the model, so preflight refuses an explicit key that contradicts it, naming where it was written."""
+
+    def mark_explicit(self, keys, source: str) -> None:
+        """Record dotted model/moe keys as set by the user at `source` (for callers that build configs in code)."""
+        for key in keys:
+            self.explicit[key] = source
 
     def validate(self, world_size: int = 1) -> "Config":
         self.model.validate()
@@ -599,9 +631,13 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         return float(value)
     if kind is float and isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-3 as a string
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
-            pass
+            number = None
+        if number is not None and not math.isfinite(number):
+            raise ConfigError(f"{where}={value!r} must be a finite number")
+        if number is not None:
+            return number
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if kind is bool and isinstance(value, bool):
@@ -624,8 +660,10 @@ def parse_overrides(overrides: list[str]) -> dict:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        from .structured import parse_yaml_scalar
+
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw else None
+        value = parse_yaml_scalar(raw, f"override {item!r}", ConfigError)
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -647,42 +685,40 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def config_from_dict(values: dict) -> Config:
+def config_from_dict(values: dict, sources: Optional[dict] = None) -> Config:
+    """Build and type-check a Config from nested values. `sources` maps a top-level part of the values to where
+    it came from (default: every explicit key is attributed to 'the config')."""
     cfg = _build(Config, values, "config")
-    cfg.explicit = explicit_keys(values)
+    for key in explicit_keys(values):
+        cfg.explicit[key] = (sources or {}).get(key, "the config")
     return cfg
 
 
-def explicit_keys(values: dict) -> set[str]:
-    """Dotted keys the user set (YAML + overrides) in the model and moe sections; a model preset counts as
-    setting every field it names. Used to refuse settings that a checkpoint's own config would override."""
-    out = set()
+def explicit_keys(values: dict) -> list[str]:
+    """Dotted keys the user wrote in the model and moe sections. `model.preset` itself is one, but the fields it
+    fills are not: they are defaults, which a loaded checkpoint replaces."""
+    out = []
     for section in ("model", "moe"):
         sec = values.get(section) or {}
-        if not isinstance(sec, dict):
-            continue
-        keys = set(sec) - {"preset"}
-        if section == "model" and sec.get("preset") in MODEL_PRESETS:
-            keys |= set(MODEL_PRESETS[sec["preset"]])
-        out |= {f"{section}.{k}" for k in keys}
+        if isinstance(sec, dict):
+            out += [f"{section}.{k}" for k in sorted(sec)]
     return out
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
     """Load a YAML config (or defaults when path is None) and apply key.sub=value overrides."""
+    from .structured import read_yaml
+
     values: dict = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at top level")
-    values = merge(values, parse_overrides(overrides or []))
-    return config_from_dict(values)
+        values = read_yaml(path, expect=dict, error=ConfigError, what="config file")
+    extra = parse_overrides(overrides or [])
+    sources = {k: str(path) for k in explicit_keys(values)} if path is not None else {}
+    sources.update({k: "the command line" for k in explicit_keys(extra)})
+    return config_from_dict(merge(values, extra), sources)
 
 
 def dump_config(cfg: Config, path: str | Path) -> None:

@@ -2,11 +2,11 @@
 activated per token), storage/layout, construction method and seed, training progress."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ..checkpoint import read_config, read_index, resolve
+from ..checkpoint import read_index, resolve
 from ..checkpoint.store import part_metadata
+from ..structured import StructuredFileError, read_json
 
 
 def tensor_shapes(ckpt: Path) -> dict[str, tuple]:
@@ -35,8 +35,10 @@ def parameter_counts(shapes: dict[str, tuple], num_experts: int, top_k: int) -> 
 
 
 def inspect_checkpoint(path: str | Path) -> dict:
+    from ..checkpoint.verify import verify_checkpoint
+
     ckpt = resolve(path)
-    model_cfg, moe_cfg, raw = read_config(ckpt)
+    model_cfg, moe_cfg, raw = verify_checkpoint(ckpt)  # a config.json that contradicts the tensors is refused
     index = read_index(ckpt)
     shapes = tensor_shapes(ckpt)
     E = moe_cfg.num_experts
@@ -56,17 +58,17 @@ def inspect_checkpoint(path: str | Path) -> dict:
     cons = ckpt / "construction.json"
     if cons.is_file():
         try:
-            c = json.loads(cons.read_text())
+            c = read_json(cons, expect=dict, error=StructuredFileError)
             info["construction"] = {k: v for k, v in c.items() if not isinstance(v, (list, dict))}
-        except json.JSONDecodeError:
-            info["construction"] = {"error": "construction.json is not valid JSON"}
+        except StructuredFileError as err:
+            info["construction"] = {"error": str(err)}
     state = ckpt / "trainer_state.json"
     if state.is_file():
         try:
-            s = json.loads(state.read_text())
+            s = read_json(state, expect=dict, error=StructuredFileError, max_nodes=50_000_000)
             info["training"] = {k: s[k] for k in ("step", "consumed_tokens", "parallel", "layout") if k in s}
-        except json.JSONDecodeError:
-            info["training"] = {"error": "trainer_state.json is not valid JSON"}
+        except StructuredFileError as err:
+            info["training"] = {"error": str(err)}
     info["has_optimizer"] = (ckpt / "optimizer").is_dir()
     return info
 

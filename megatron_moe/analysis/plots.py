@@ -6,7 +6,6 @@ Load is shown as the fraction of routed tokens per expert (rows sum to 1); unifo
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..structured import StructuredFileError, parse_json
 
 
 def _plt():
@@ -89,8 +89,8 @@ def read_metrics(path: str | Path) -> tuple[list[tuple[int, float]], dict[str, l
     train, valid = [], {}
     for line in p.read_text().splitlines():
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
+            rec = parse_json(line, str(p), expect=dict, error=StructuredFileError)
+        except StructuredFileError:
             continue  # a line cut by a crash
         step = rec.get("step")
         if step is None:

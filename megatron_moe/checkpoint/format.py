@@ -1,11 +1,11 @@
 """The on-disk checkpoint layout (docs/checkpoint_format.md): what makes a directory a checkpoint, its config."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..config import Config, ConfigError, ModelConfig, MoEConfig, _build
 from ..errors import CheckpointError
+from ..structured import read_json
 
 FORMAT, VERSION = "megatron_moe", 1
 CONFIG, MODEL_DIR, INDEX, LATEST = "config.json", "model", "index.json", "latest"
@@ -48,10 +48,7 @@ def config_dict(model: ModelConfig, moe: MoEConfig, extra: dict | None = None) -
 def read_config(path: str | Path) -> tuple[ModelConfig, MoEConfig, dict]:
     """Model and MoE config of a checkpoint, plus the raw config.json."""
     p = resolve(path)
-    try:
-        raw = json.loads((p / CONFIG).read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{p / CONFIG}: invalid JSON ({err.msg} at line {err.lineno})") from None
+    raw = read_json(p / CONFIG, expect=dict, error=CheckpointError, what="checkpoint config")
     if raw.get("format") != FORMAT:
         raise CheckpointError(f"{p / CONFIG}: format is {raw.get('format')!r}, expected {FORMAT!r}")
     try:
@@ -71,11 +68,8 @@ def read_index(path: str | Path) -> dict:
     Part names must be plain directory names inside model/ (no path tricks)."""
     p = resolve(path)
     f = p / MODEL_DIR / INDEX
-    try:
-        index = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{f}: invalid JSON ({getattr(err, 'msg', err)})") from None
-    parts = index.get("parts") if isinstance(index, dict) else None
+    index = read_json(f, expect=dict, error=CheckpointError, what="checkpoint index")
+    parts = index.get("parts")
     if not isinstance(parts, dict) or not all(
             isinstance(k, str) and isinstance(v, list) and all(isinstance(n, str) for n in v) for k, v in parts.items()):
         raise CheckpointError(f"{f}: not a checkpoint index (needs 'parts': {{part: [tensor names]}})")

@@ -32,6 +32,9 @@ def _free_port() -> int:
 
 
 def _rank_main(rank: int, world: int, port: int, src: str, dst: str, tp: int, ep: int, etp: int, err_dir: str) -> None:
+    from ..signals import worker_ignores_interrupts
+
+    worker_ignores_interrupts()  # Ctrl-C is the parent's: it stops the ranks and removes the output
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     code = 0
@@ -60,21 +63,17 @@ def _rank_main(rank: int, world: int, port: int, src: str, dst: str, tp: int, ep
 def reshard(load: str | Path, save: str | Path, tp: int = 1, ep: int = 1, etp: int = 1, verify: bool = True,
             timeout_s: float = 3600.0) -> Path:
     """Write checkpoint `load` as saved by a tp x ep (x etp) layout into `save` (must not exist)."""
-    from ..checkpoint import read_config, resolve
+    from ..atomic import AtomicDir, check_output
+    from ..checkpoint import resolve
+    from ..checkpoint.verify import verify_checkpoint
     from ..config import ParallelConfig
-    from ..errors import CheckpointError
 
     src = resolve(load)
-    final = Path(save)
-    if final.exists():
-        raise CheckpointError(f"{final} already exists; choose another --save or remove it")
-    model_cfg, moe_cfg, raw = read_config(src)
+    final = check_output(save, inputs=[src])
+    model_cfg, moe_cfg, raw = verify_checkpoint(src)
     world = math.lcm(tp, ep * etp)
     ParallelConfig(tp=tp, ep=ep, etp=etp if etp > 1 else None).validate(world, model_cfg, moe_cfg)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with AtomicDir(final, inputs=[src]) as tmp:
         _run_ranks(world, str(src), str(tmp), tp, ep, etp, timeout_s)
         for name in CARRIED_FILES:
             if (src / name).is_file():
@@ -83,10 +82,6 @@ def reshard(load: str | Path, save: str | Path, tp: int = 1, ep: int = 1, etp: i
         (tmp / "config.json").write_text(json.dumps(raw, indent=1))  # last: marks the checkpoint complete
         if verify:
             compare_checkpoints(src, tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if (src / "optimizer").is_dir():
         log.warning("optimizer state not carried over; a resumed run loads %s itself in any layout", src)
     return final
@@ -94,19 +89,24 @@ def reshard(load: str | Path, save: str | Path, tp: int = 1, ep: int = 1, etp: i
 
 def _run_ranks(world: int, src: str, dst: str, tp: int, ep: int, etp: int, timeout_s: float) -> None:
     from ..errors import CheckpointError
+    from ..signals import signals_deferred
 
     ctx = mp.get_context("fork")
     port = _free_port()
     with tempfile.TemporaryDirectory() as err_dir:
         procs = [ctx.Process(target=_rank_main, args=(r, world, port, src, dst, tp, ep, etp, err_dir))
                  for r in range(world)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(timeout_s)
-        for p in procs:
-            if p.is_alive():
-                p.kill()
+        try:
+            with signals_deferred():
+                for p in procs:
+                    p.start()
+            for p in procs:
+                p.join(timeout_s)
+        finally:  # also on Ctrl-C / SIGTERM in the parent: no rank outlives it
+            for p in procs:
+                if p.is_alive():
+                    p.kill()
+                    p.join()
         errs = sorted(Path(err_dir).glob("rank*.err"))
         if errs:
             last = [ln for ln in errs[0].read_text().splitlines() if ln.strip()][-1]

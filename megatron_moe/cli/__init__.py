@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .common import Parser, guarded, run, setup_logging  # noqa: F401  (run: the entry wrapper of old tools)
+from .common import Parser, check_outputs_are_not_inputs, guarded, run, setup_logging  # noqa: F401
 
 # command -> (module under megatron_moe.cli, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -55,17 +55,27 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 
 
 def run_command(command: str, argv: Sequence[str], prog: Optional[str] = None) -> int:
-    """Parse `argv` for `command` and run it; returns the exit code (errors are one line, exit 2)."""
+    """Parse `argv` for `command` and run it; returns the exit code (errors are one line, exit 2; an interrupt
+    during start-up or work is one line and 128 + its number, docs/cli.md). Process entry points (`main`,
+    `tool`, `python -m megatron_moe.train`) first make SIGTERM/SIGHUP interrupts (signals.py)."""
     setup_logging()
-    mod = _module(command)
-    if getattr(mod, "RAW_ARGS", False):  # commands that hand their arguments to another parser (launch)
-        return guarded(lambda: mod.main(list(argv)))
-    args = build_parser(command, prog).parse_args(list(argv))
-    return guarded(lambda: mod.main(args))
+
+    def start() -> int:
+        mod = _module(command)  # imports torch & co: a Ctrl-C here is handled like one during the work
+        if getattr(mod, "RAW_ARGS", False):  # commands that hand their arguments to another parser (launch)
+            return mod.main(list(argv))
+        args = build_parser(command, prog).parse_args(list(argv))
+        check_outputs_are_not_inputs(args)
+        return mod.main(args)
+
+    return guarded(start)
 
 
 def tool(command: str) -> None:
     """Entry of tools/<script>.py: run `command` with this process's arguments and exit with its code."""
+    from ..signals import install_terminate_handlers
+
+    install_terminate_handlers()
     sys.exit(run_command(command, sys.argv[1:], prog=os.path.basename(sys.argv[0])))
 
 
@@ -81,4 +91,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if argv[0] not in COMMANDS:
         print(f"error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
+    from ..signals import install_terminate_handlers
+
+    install_terminate_handlers()
     sys.exit(run_command(argv[0], argv[1:]))

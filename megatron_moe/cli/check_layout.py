@@ -23,7 +23,7 @@ def main(args) -> int:
     from ..layout_check import check_layout
 
     delta = check_layout(args.load, args.tp, args.ep, args.etp, args.sp)
-    if delta > args.tol:
+    if not delta <= args.tol:  # NaN fails
         print(f"error: max |delta| {delta:.3g} exceeds tolerance {args.tol:g}", file=sys.stderr)
         return 1
     return 0

@@ -6,8 +6,11 @@ to stdout without FILE), `--data [NAME=]PREFIX ...` indexed datasets, `--input F
 `--tokenizer`, `--seq-len`, `--batch-size`, `--max-batches`, `--device`, `--overwrite`, `--no-progress`,
 `--seed`, and `key.sub=value` config overrides as positional arguments.
 
-Exit codes: 0 success; 1 a check ran and failed (verify, check-layout, plan that does not fit); 2 bad input,
-printed as one `error: ...` line; 130 interrupted. Anything else is a bug and prints a traceback.
+Exit codes: 0 success; 1 a check ran and failed (verify, check-layout, plan that does not fit); 2 bad input or
+an output that cannot be written (disk full, read-only, permissions), printed as one `error: ...` line;
+75 training stopped by a stop signal after saving a checkpoint (rerun to resume); 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM), 129 (SIGHUP): temporaries are removed on the way out. Anything else is a bug and prints
+a traceback.
 Under a distributed launcher only global rank 0 prints the error line; every rank writes it to torchelastic's
 error file (TORCHELASTIC_ERROR_FILE) so torchrun's failure summary names it too. Under `megatron-moe launch`
 the workers print nothing and the launcher prints the first failed worker's line once.
@@ -93,20 +96,45 @@ def report(message: str) -> None:
 
 
 def guarded(fn: Callable[[], Optional[int]]) -> int:
-    """Call fn; map user errors (UserError and its subclasses, OSError) to one line and exit code 2."""
+    """Call fn; map user errors (UserError and its subclasses, and the OSErrors of files and disks) to one line
+    and exit code 2; an interrupt or termination signal (also one that a writer wrapped in its own exception) to
+    one line and 128 + the signal number. Other exceptions are bugs and propagate with their traceback."""
+    from ..atomic import interrupt_in, user_facing_os_error, write_failure
+    from ..signals import exit_code_of, signal_name
+
     try:
         return int(fn() or 0)
-    except (UserError, OSError) as err:
+    except UserError as err:
         report(one_line(err))
         return EXIT_USER
-    except KeyboardInterrupt:
-        report("interrupted")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as err:
+        report(f"interrupted ({signal_name(err)})")
+        return exit_code_of(err)
+    except OSError as err:
+        if not user_facing_os_error(err):
+            raise
+        report(one_line(err))
+        return EXIT_USER
+    except (SystemExit, GeneratorExit):
+        raise
+    except BaseException as err:  # DCP's CheckpointException is a BaseException
+        wrapped = interrupt_in(err)  # DCP wraps a Ctrl-C during its write in CheckpointException
+        if wrapped is not None:
+            report(f"interrupted ({signal_name(wrapped)})")
+            return exit_code_of(wrapped)
+        reason = write_failure(err)  # a writer the call sites did not wrap with atomic.writing
+        if reason is None:
+            raise
+        report(f"a write failed: {reason}")
+        return EXIT_USER
 
 
 def run(fn: Callable[[], Optional[int]]) -> None:
-    """Entry-point wrapper: logging on rank 0, `guarded(fn)`, then exit with its code."""
+    """Entry-point wrapper: logging on rank 0, SIGTERM/SIGHUP as interrupts, `guarded(fn)`, exit with its code."""
+    from ..signals import install_terminate_handlers
+
     setup_logging()
+    install_terminate_handlers()
     sys.exit(guarded(fn))
 
 
@@ -196,3 +224,33 @@ def positive(name: str, value, allow_zero: bool = False) -> None:
         return
     if value < 0 or (value == 0 and not allow_zero):
         raise UserError(f"{name}={value} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+# argparse destinations that name inputs / outputs, across every command's flags (the flag vocabulary)
+INPUT_FLAGS = ("load", "load_positional", "input", "data", "tokenizer", "config", "calib_data", "metrics")
+OUTPUT_FLAGS = ("save", "json")
+
+
+def _values(args, names) -> list[str]:
+    out = []
+    for name in names:
+        v = getattr(args, name, None)
+        for item in (v if isinstance(v, (list, tuple)) else [v]):
+            if isinstance(item, (str, Path)) and str(item) not in ("", "-"):
+                text = str(item)
+                out.append(text.split("=", 1)[1] if name == "data" and "=" in text else text)  # NAME=PREFIX
+    return out
+
+
+def check_outputs_are_not_inputs(args) -> None:
+    """An output never overwrites an input: refuse `--save`/`--json` paths that are, contain or would replace an
+    input of the same command (e.g. `inspect CK --json CK/config.json`)."""
+    from ..atomic import OutputError, overlaps
+
+    inputs = _values(args, INPUT_FLAGS)
+    for flag in OUTPUT_FLAGS:
+        for out in _values(args, (flag,)):
+            hit = overlaps(out, inputs)
+            if hit is not None:
+                raise OutputError(f"--{flag} {out} would overwrite the input {hit}; an output never replaces an "
+                                  f"input")

@@ -89,7 +89,7 @@ def main(args) -> int:
     if args.method == "sharing-inner" or args.drop_ratio:
         what = "drop-upcycling" if args.drop_ratio else "sharing-inner"
         print(f"verify: max |logit delta| = {delta:.3e} ({what} is not lossless by design)")
-    elif delta > VERIFY_TOL:
+    elif not delta <= VERIFY_TOL:  # a NaN delta is a failure too
         print(f"error: verify failed: max |logit delta| = {delta:.3e} > {VERIFY_TOL:g}", file=sys.stderr)
         return 1
     else:

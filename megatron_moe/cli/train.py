@@ -4,11 +4,15 @@
     megatron-moe launch --nproc-per-node 8 -m megatron_moe.train --config CONFIG.yaml [key.sub=value ...]
     megatron-moe train --check --world-size 8 --config CONFIG.yaml [...]        # preflight only, no training
 
-Restarting with the same logging.run_dir resumes from RUN_DIR/checkpoints/latest. Before any process group,
+Restarting with the same logging.run_dir resumes from RUN_DIR/checkpoints/latest. SIGTERM or SIGUSR1
+(train.stop_signals) finish the step, save a checkpoint and exit with 75; a second job on the same run directory
+is refused (docs/cli.md, "Signals"). Before any process group,
 output directory or model exists, the config, data, tokenizer, checkpoint and run directory are validated
 (training/preflight.py); a problem is one `error:` line and exit code 2.
 """
 from __future__ import annotations
+
+import sys
 
 
 def add_arguments(p) -> None:
@@ -24,10 +28,21 @@ def main(args) -> int:
     from ..training import run_training
     from ..training.preflight import preflight
 
+    from ..signals import EXIT_STOPPED
+    from ..training.run import TrainingStopped
+    from .common import launch_rank
+
     cfg = load_config(args.config, args.overrides)
     if args.check:
         report = preflight(cfg, args.world_size)
         print(report.summary())
         return 0
-    run_training(cfg)
+    try:
+        run_training(cfg)
+    except TrainingStopped as stopped:
+        if launch_rank() == 0:
+            where = f"checkpoint {stopped.checkpoint}" if stopped.checkpoint else "nothing trained yet to save"
+            print(f"stopped: {stopped.signal_name} at step {stopped.step}; {where}; run the same command again to "
+                  f"resume (exit {EXIT_STOPPED})", file=sys.stderr, flush=True)
+        return EXIT_STOPPED
     return 0

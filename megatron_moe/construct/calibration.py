@@ -16,7 +16,6 @@ Legend: B calibration sequences, S sequence length, D hidden, F dense FFN width,
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -28,6 +27,7 @@ from tqdm import tqdm
 from ..errors import UserError
 from .layerwise import LayerStream, capture_mlp_input
 from .partition import coactivation_update, importance_update
+from ..structured import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,7 @@ def _documents(path: Path, tokenizer) -> Iterator[list[int]]:
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    raise CalibrationError(f"{path}:{lineno}: not a JSON line") from None
+                rec = parse_json(line, f"{path}:{lineno}", expect=None, error=CalibrationError)
                 ids = rec.get("input_ids", rec.get("tokens")) if isinstance(rec, dict) else None
                 if ids is not None:
                     yield [int(t) for t in ids]

@@ -301,7 +301,6 @@ def verify_conversion(load: str | Path, save: str | Path, seed: int = 0, batch: 
     would otherwise add up), in fp32 on the stored weights (the dense side rounded to the MoE checkpoint's dtype
     first, so the delta measures the construction only). Runs the model's own decoder layers one at a time
     (construct/layerwise.py), so it fits in memory for 7B-class checkpoints."""
-    import json
 
     from ..checkpoint import read_config
     from ..checkpoint.store import PartReader
@@ -312,7 +311,10 @@ def verify_conversion(load: str | Path, save: str | Path, seed: int = 0, batch: 
     model_cfg, moe, _ = read_config(save)
     moe_parts = PartReader(save)
     dtype = moe_parts.get("embed.weight").dtype
-    record = json.loads((Path(save) / "construction.json").read_text())
+    from ..errors import CheckpointError
+    from ..structured import read_json
+
+    record = read_json(Path(save) / "construction.json", expect=dict, error=CheckpointError)
     opts = record["options"]
     if record["method"] == "sharing-inner" or opts.get("drop_ratio"):
         log.warning("%s re-initialises or drops neurons by design; the delta is a deviation, not an error",

@@ -73,31 +73,48 @@ def open_indexed(prefix: str) -> IndexedDataset:
     return ds
 
 
-def max_token_id(prefix: str) -> Optional[int]:
-    """Largest token id in PREFIX.bin (one streaming pass), or None when the file exceeds SCAN_LIMIT_BYTES."""
+def token_id_range(prefix: str) -> Optional[tuple[int, int]]:
+    """(smallest, largest) token id in PREFIX.bin (one streaming pass), None when the file exceeds
+    SCAN_LIMIT_BYTES; (0, -1) for an empty dataset."""
     dtype, n, _ = read_header(prefix)
     path = get_bin_path(prefix)
     size = os.path.getsize(path)
     if n == 0 or size == 0:
-        return -1
+        return 0, -1
     if size > SCAN_LIMIT_BYTES:
         return None
     data = np.memmap(path, dtype=dtype, mode="r")
     step = 1 << 24
-    return int(max(int(data[i:i + step].max()) for i in range(0, len(data), step)))
+    chunks = [data[i:i + step] for i in range(0, len(data), step)]
+    return int(min(int(c.min()) for c in chunks)), int(max(int(c.max()) for c in chunks))
+
+
+def max_token_id(prefix: str) -> Optional[int]:
+    """Largest token id in PREFIX.bin, or None when the file is too big to scan (token_id_range)."""
+    found = token_id_range(prefix)
+    return None if found is None else found[1]
 
 
 def check_vocab(prefixes: Sequence[str], vocab_size: int, what: str = "data") -> None:
-    """DataError naming the dataset when it holds a token id >= vocab_size (e.g. a tokenizer bigger than the model)."""
+    """DataError naming the dataset when it holds a token id outside [0, vocab_size) (e.g. a tokenizer bigger
+    than the model, or negative ids from a signed dtype)."""
     for prefix in prefixes:
-        hi = max_token_id(str(prefix))
-        if hi is not None and hi >= vocab_size:
+        found = token_id_range(str(prefix))
+        if found is None:
+            continue
+        lo, hi = found
+        if lo < 0:
+            raise DataError(f"{what} {prefix} holds token id {lo}; token ids must be >= 0")
+        if hi >= vocab_size:
             raise DataError(f"{what} {prefix} holds token id {hi}, outside the model vocabulary "
                             f"(model.vocab_size={vocab_size}); was it tokenized with another tokenizer?")
 
 
 def check_batch(tokens: np.ndarray, vocab_size: int, where: str) -> None:
     """Per-batch guard for datasets too big to scan up front."""
-    hi = int(tokens.max()) if tokens.size else -1
-    if hi >= vocab_size or (tokens.size and int(tokens.min()) < 0):
-        raise DataError(f"{where}: token id {hi} is outside the model vocabulary (model.vocab_size={vocab_size})")
+    if not tokens.size:
+        return
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise DataError(f"{where}: token id {bad} is outside the model vocabulary [0, {vocab_size})")

@@ -9,7 +9,6 @@ Tokenizer objects are cheap to rebuild from their path, which is how worker proc
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -110,10 +109,9 @@ def _special_tokens_from_config(path: Path) -> dict:
     """bos_token / eos_token strings from a tokenizer_config.json (values may be str or {"content": str})."""
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise TokenizerError(f"tokenizer config {path} is not readable JSON: {err}") from None
+    from ..structured import read_json
+
+    data = read_json(path, expect=dict, error=TokenizerError, what="tokenizer config")
     out = {}
     for key in ("bos_token", "eos_token"):
         value = data.get(key)

@@ -83,12 +83,14 @@ def export_hf(load: str | Path, save: str | Path, fmt: str, dtype: Optional[torc
     (default: the stored dtype) and written as safetensors shards of at most `max_shard_bytes`."""
     from tqdm import tqdm
 
-    from ..checkpoint import iter_tensors, read_config, read_index, resolve
+    from ..checkpoint import iter_tensors, read_index, resolve
     from ..checkpoint.store import copy_tokenizer
+
+    from ..checkpoint.verify import verify_checkpoint
 
     adapter = export_adapter(fmt)
     ckpt = resolve(load)
-    model_cfg, moe_cfg, _ = read_config(ckpt)
+    model_cfg, moe_cfg, _ = verify_checkpoint(ckpt)
     adapter.check(model_cfg, moe_cfg)
     out_dtype = dtype or getattr(torch, read_index(ckpt).get("dtype", "float32"))
     dtype_name = str(out_dtype).replace("torch.", "")

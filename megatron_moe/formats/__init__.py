@@ -34,12 +34,12 @@ class OursReader:
     """A dense checkpoint of ours as a source for convert (the same interface as the HF and Meta readers)."""
 
     def __init__(self, path: str | Path):
-        from ..checkpoint import read_config
         from ..checkpoint.store import PartReader
+        from ..checkpoint.verify import verify_checkpoint
 
         self.parts = PartReader(path)
         self.path = self.parts.path
-        self.config, moe, _ = read_config(self.path)
+        self.config, moe, _ = verify_checkpoint(self.path)
         if moe.enabled:
             raise CheckpointError(f"{self.path}: already an MoE checkpoint ({moe.num_experts} experts); "
                                   f"convert needs a dense one")

@@ -7,8 +7,9 @@ A tied model stores no lm_head.weight.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import torch
 
@@ -38,15 +39,19 @@ class ExportError(UserError):
     """A checkpoint that cannot be written in the asked format (the message names the alternative)."""
 
 
-def canonical_shapes(model: ModelConfig, moe: MoEConfig = MoEConfig()) -> dict[str, tuple]:
-    """Canonical name -> global shape, from the model itself (built on the meta device, nothing allocated)."""
-    from ..checkpoint.sharded import model_tensors
-    from ..config import Config
-    from ..model import build_model
+HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 
-    with torch.device("meta"):
-        built = build_model(Config(model=model, moe=moe), recompute=False)
-    return {n: tuple(t.shape) for n, t in model_tensors(built).items()}
+
+def canonical_shapes(model: ModelConfig, moe: MoEConfig = MoEConfig(), names: Optional[Iterable[str]] = None,
+                     where: str = "", pattern: re.Pattern = HF_LAYER) -> dict[str, tuple]:
+    """Canonical name -> global shape, from the model itself (built on the meta device, nothing allocated).
+    With the source's tensor `names`, first checks that the config's layer count is the one the files hold, so
+    that a config implying an absurd model is refused before anything is built (checkpoint/verify.py)."""
+    from ..checkpoint.verify import check_layer_count, implied_shapes
+
+    if names is not None:
+        check_layer_count(model.num_layers, names, where, "num_hidden_layers", pattern)
+    return implied_shapes(model, moe)
 
 
 class HFDenseReader:
@@ -61,7 +66,7 @@ class HFDenseReader:
         self.family = self.hf_config.get("model_type")
         self.config = model_config_from_hf(self.hf_config, str(cfg_file), ignore)
         self.files = HFTensors(self.path)
-        self.shapes = canonical_shapes(self.config)
+        self.shapes = canonical_shapes(self.config, names=self.files.names(), where=str(cfg_file))
         missing = [n for n in self.shapes if DENSE.theirs(n) not in self.files]
         if missing:
             raise CheckpointError(f"{self.path}: checkpoint lacks {len(missing)} tensors, e.g. "

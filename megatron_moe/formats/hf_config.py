@@ -104,17 +104,27 @@ def model_config_from_hf(hf: dict, where: str = "config.json", ignore: Iterable[
     if hf.get("use_mrope"):  # false in every Qwen2/2.5 text checkpoint; true only in multimodal (VL) variants
         raise _fail(where, "use_mrope=true (multimodal rotary sections) is not supported")
     theta, scaling = read_rope(hf, where)
+
+    from ..errors import CheckpointError
+    from ..structured import _MISSING, field_int, field_number
+
+    def integer(key, default=_MISSING):
+        return field_int(hf, key, where, CheckpointError, default)
+
+    def number(key, default):
+        return field_number(hf, key, where, CheckpointError, default)
+
     try:
-        H, D = int(hf["num_attention_heads"]), int(hf["hidden_size"])
-        L = int(hf["num_hidden_layers"])
-        head_dim = hf.get("head_dim")
+        H, D = integer("num_attention_heads"), integer("hidden_size")
+        L = integer("num_hidden_layers")
+        head_dim = integer("head_dim", None)
         attn_bias = bool(hf.get("attention_bias", False))
         cfg = ModelConfig(
-            hidden_size=D, intermediate_size=int(hf["intermediate_size"]), num_layers=L, num_heads=H,
-            num_kv_heads=int(hf.get("num_key_value_heads") or H), vocab_size=int(hf["vocab_size"]),
-            head_dim=None if head_dim in (None, D // H) else int(head_dim),
-            max_seq_len=int(hf.get("max_position_embeddings", 4096)), rope_theta=theta, rope_scaling=scaling,
-            norm_eps=float(hf.get("rms_norm_eps", 1e-6 if family == "qwen2" else 1e-5)),
+            hidden_size=D, intermediate_size=integer("intermediate_size"), num_layers=L, num_heads=H,
+            num_kv_heads=integer("num_key_value_heads", H), vocab_size=integer("vocab_size"),
+            head_dim=None if head_dim is None or (H > 0 and head_dim == D // H) else head_dim,
+            max_seq_len=integer("max_position_embeddings", 4096), rope_theta=theta, rope_scaling=scaling,
+            norm_eps=number("rms_norm_eps", 1e-6 if family == "qwen2" else 1e-5),
             qkv_bias=family == "qwen2" or attn_bias, attn_out_bias=attn_bias,
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
             sliding_window=_sliding_window(hf, family, L),

@@ -4,7 +4,6 @@ torch.load(weights_only=True, mmap=True); index shard names must be plain files 
 Every problem is a CheckpointError naming the file."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -33,16 +32,10 @@ def load_state_dict_file(f: Path) -> dict:
 
 
 def read_json(path: Path) -> dict:
-    try:
-        obj = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        where = f" ({err.msg} at line {err.lineno})" if isinstance(err, json.JSONDecodeError) else ""
-        raise CheckpointError(f"{path}: invalid JSON{where}") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return obj
+    """A JSON object of an HF checkpoint (config.json, an index) through the one structured reader."""
+    from ..structured import read_json as _read
+
+    return _read(path, expect=dict, error=CheckpointError)
 
 
 class HFTensors:

@@ -137,13 +137,20 @@ def configs_from_llama_moe(hf: dict, where: str = "config.json") -> tuple[ModelC
     for key, want in _FIXED:
         if hf.get(key, want) != want:
             raise CheckpointError(f"{where}: {key}={hf.get(key)!r} is not supported (only {want!r})")
-    try:
-        E, k = int(hf["num_experts"]), int(hf["num_selects"])
-        L, ffn = int(hf["num_hidden_layers"]), int(hf["intermediate_size"])
-    except KeyError as err:
-        raise CheckpointError(f"{where}: missing key {err.args[0]!r}") from None
+    from ..structured import field_int
+
+    E, k = field_int(hf, "num_experts", where, CheckpointError), field_int(hf, "num_selects", where, CheckpointError)
+    L = field_int(hf, "num_hidden_layers", where, CheckpointError)
+    ffn = field_int(hf, "intermediate_size", where, CheckpointError)
+    if E < 1 or L < 1 or ffn < 1:
+        raise CheckpointError(f"{where}: num_experts={E}, num_hidden_layers={L} and intermediate_size={ffn} must "
+                              f"be >= 1")
     sizes = hf.get("size_experts")
-    flat = sorted({int(s) for layer in sizes for s in layer}) if sizes else [ffn // E]
+    if sizes is not None and not (isinstance(sizes, list) and all(
+            isinstance(layer, list) and all(isinstance(s, int) and not isinstance(s, bool) and s > 0
+                                            for s in layer) for layer in sizes)):
+        raise CheckpointError(f"{where}: size_experts must be a list of lists of positive integers")
+    flat = sorted({s for layer in sizes for s in layer}) if sizes else [ffn // E]
     if len(flat) != 1 or (sizes and (len(sizes) != L or any(len(layer) != E for layer in sizes))):
         raise CheckpointError(f"{where}: size_experts must give {E} equal experts in each of {L} layers, "
                               f"got sizes {flat[:4]}")
@@ -174,7 +181,7 @@ class LlamaMoEReader:
             raise CheckpointError(f"{self.path}: no config.json (not an HF checkpoint directory)")
         self.model, self.moe = configs_from_llama_moe(read_json(cfg_file), str(cfg_file))
         self.files = HFTensors(self.path)
-        self.shapes = canonical_shapes(self.model, self.moe)
+        self.shapes = canonical_shapes(self.model, self.moe, names=self.files.names(), where=str(cfg_file))
         self._check_inv_freq()
 
     def _check_inv_freq(self) -> None:

@@ -68,7 +68,8 @@ class MetaLlamaReader:
             raise CheckpointError(f"{self.path}: shard numbers {nums} are not 00..{len(nums) - 1:02d} (a shard is missing)")
         self._shards = [load_state_dict_file(f) for f in self.shard_files]
         self.config = self._config()
-        self.shapes = canonical_shapes(self.config)
+        self.shapes = canonical_shapes(self.config, names=self._shards[0].keys(), where=str(pfile),
+                                       pattern=re.compile(r"^layers\.(\d+)\."))
 
     def _rope(self, pfile: Path):
         if not self.params.get("use_scaled_rope"):
@@ -82,22 +83,25 @@ class MetaLlamaReader:
                 "original_max_position_embeddings": 8192}
 
     def _config(self) -> ModelConfig:
+        from ..structured import field_int, field_number
+
         p, first, pfile = self.params, self._shards[0], self.path / "params.json"
-        try:
-            dim, n_heads, n_layers = int(p["dim"]), int(p["n_heads"]), int(p["n_layers"])
-        except KeyError as err:
-            raise CheckpointError(f"{pfile}: missing key {err.args[0]!r}") from None
+        where = str(pfile)
+        dim, n_heads = field_int(p, "dim", where, CheckpointError), field_int(p, "n_heads", where, CheckpointError)
+        n_layers = field_int(p, "n_layers", where, CheckpointError)
         for name in ("layers.0.feed_forward.w1.weight", "tok_embeddings.weight"):
             if name not in first:
                 raise CheckpointError(f"{self.shard_files[0]}: missing tensor {name!r}")
         ffn = first["layers.0.feed_forward.w1.weight"].shape[0] * len(self._shards)
-        vocab = p.get("vocab_size", -1)
-        if vocab is None or vocab <= 0:
+        vocab = field_int(p, "vocab_size", where, CheckpointError, -1)
+        if vocab <= 0:
             vocab = first["tok_embeddings.weight"].shape[0]
         cfg = ModelConfig(hidden_size=dim, intermediate_size=ffn, num_layers=n_layers, num_heads=n_heads,
-                          num_kv_heads=p.get("n_kv_heads") or n_heads, vocab_size=int(vocab),
-                          max_seq_len=int(p.get("max_seq_len", 4096)), rope_theta=float(p.get("rope_theta", 10000.0)),
-                          rope_scaling=self._rope(pfile), norm_eps=float(p.get("norm_eps", 1e-5)),
+                          num_kv_heads=field_int(p, "n_kv_heads", str(pfile), CheckpointError, n_heads),
+                          vocab_size=int(vocab), max_seq_len=field_int(p, "max_seq_len", str(pfile), CheckpointError, 4096),
+                          rope_theta=field_number(p, "rope_theta", str(pfile), CheckpointError, 10000.0),
+                          rope_scaling=self._rope(pfile),
+                          norm_eps=field_number(p, "norm_eps", str(pfile), CheckpointError, 1e-5),
                           tie_embeddings="output.weight" not in first)
         if cfg.vocab_size >= 128000:  # LLaMA-3's tokenizer: <|begin_of_text|>, <|end_of_text|>
             cfg.bos_token_id, cfg.eos_token_id = 128000, 128001

@@ -92,7 +92,7 @@ def train_row(name: str, base: Base, b: Budget, root: Path, start: Path, moe_ove
     cfg = run_config(b, model, data, run, b.cpt_steps, b.cpt_lr, warmup=max(1, b.cpt_steps // 10),
                      moe=MoEConfig(**{**moe.__dict__, **moe_over}))
     cfg.checkpoint.load = str(start)
-    cfg.explicit = {f"moe.{k}" for k in moe_over}
+    cfg.mark_explicit([f"moe.{k}" for k in moe_over], "the experiment's MoE settings")
     if dynamic:
         cfg.train.eval_interval = max(1, b.cpt_steps // 4)
         cfg.train.eval_iters = 1

@@ -3,13 +3,15 @@
     RUN_DIR/checkpoints/
       step_00000100/        config.json, model/ (DCP, checkpoint.save_model), optimizer/ (DCP),
                             trainer_state.json (step, tokens, schedule, data sampler state, per-rank RNG)
-      .step_00000200.tmp/   a save in progress (or killed): ignored, removed by the next save of that step
+      .step_00000200.tmp-HOST-PID/   a save in progress (or killed): ignored; removed when it fails, and by the
+                            next job that takes the run directory's lock (training/run_lock.py)
       latest                name of the newest complete checkpoint (written last)
 
-Save is collective: rank 0 creates `.step_N.tmp`, all ranks write their model and optimizer shards into it
-(DCP writes each global chunk once), rank 0 writes trainer_state.json and config.json, renames the directory to
-`step_N`, then replaces `latest` (write + rename) and prunes to `keep_last`. A save killed at any point leaves
-`latest` naming the previous complete checkpoint.
+Save is collective: rank 0 stages `.step_N.tmp-HOST-PID` (atomic.AtomicDir), all ranks write their model and
+optimizer shards into it (DCP writes each global chunk once), rank 0 writes trainer_state.json and config.json,
+the ranks agree that everything was written, rank 0 renames the directory to `step_N`, then replaces `latest`
+(write + rename) and prunes to `keep_last`. A save that fails or is killed at any point leaves `latest` naming
+the previous complete checkpoint.
 
 Optimizer state is stored per parameter name (`<name>.exp_avg`, `<name>.exp_avg_sq` with the parameter's global
 shape, `<name>.step`), written as DTensors by the ranks that own the state (all replicas without ZeRO-1, the
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
@@ -109,34 +110,54 @@ def load_optimizer(opt: TrainOptimizer, path: Path) -> int:
 # ---------------------------------------------------------------------------------------- save/load
 def save_checkpoint(run_dir: str | Path, cfg: Config, model: nn.Module, opt: Optional[TrainOptimizer],
                     trainer_state: dict, ps: ParallelState, keep_last: int = 3) -> Path:
-    """Collective: write RUN_DIR/checkpoints/step_N atomically, point `latest` at it, prune old ones."""
+    """Collective: write RUN_DIR/checkpoints/step_N atomically, point `latest` at it, prune old ones.
+    Rank 0 stages the directory (atomic.AtomicDir); every rank writes its shards into it; the ranks agree that
+    every write succeeded before rank 0 renames it into place. Any failure, on any rank, removes the temporary
+    directory and leaves `latest` naming the previous checkpoint; a full disk is one line naming the checkpoint."""
+    from ..atomic import AtomicDir, OutputError, writing
+
     root = Path(run_dir) / "checkpoints"
     step = int(trainer_state["step"])
     final = root / checkpoint_name(step)
-    tmp = root / f".{final.name}.tmp"
+    staged = None
     if ps.is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-    barrier()
-    save_model(model, tmp)
-    if opt is not None:
-        save_optimizer(opt, tmp / OPTIMIZER_DIR)
-    rng = all_gather_object(get_rng_state(), world_group())
-    if ps.is_main:
-        state = dict(trainer_state, rng=rng, world_size=ps.world_size,
-                     layout={"tp": ps.tp_size, "dp": ps.dp_size, "ep": ps.ep_size, "etp": ps.etp_size,
-                             "edp": ps.edp_size, "sp": ps.sp, "zero1": cfg.train.zero1})
-        _write_json(tmp / TRAINER_STATE, state)
-        _carry_files(cfg, tmp)
-        _write_json(tmp / CONFIG, config_dict(cfg.model, cfg.moe, {"config": cfg.to_dict()}))  # marks complete
-        if final.exists():  # a re-save of the same step (e.g. after resuming from it)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        write_text_atomic(root / LATEST, final.name)
-        _prune(root, keep_last, keep=final)
-        log.info("saved checkpoint %s", final)
+        with writing(root):
+            root.mkdir(parents=True, exist_ok=True)
+        staged = AtomicDir(final, overwrite=True)  # a re-save of the same step (e.g. after resuming from it)
+    tmp = Path(all_gather_object(str(staged.tmp) if staged else "", world_group())[0])
+    try:
+        failure = ""
+        try:
+            with writing(final):
+                save_model(model, tmp)
+                if opt is not None:
+                    save_optimizer(opt, tmp / OPTIMIZER_DIR)
+        except OutputError as err:
+            failure = str(err)
+        rng = all_gather_object(get_rng_state(), world_group())
+        if ps.is_main and not failure:
+            state = dict(trainer_state, rng=rng, world_size=ps.world_size,
+                         layout={"tp": ps.tp_size, "dp": ps.dp_size, "ep": ps.ep_size, "etp": ps.etp_size,
+                                 "edp": ps.edp_size, "sp": ps.sp, "zero1": cfg.train.zero1})
+            try:
+                with writing(final):
+                    _write_json(tmp / TRAINER_STATE, state)
+                    _carry_files(cfg, tmp)
+                    _write_json(tmp / CONFIG, config_dict(cfg.model, cfg.moe, {"config": cfg.to_dict()}))
+            except OutputError as err:
+                failure = str(err)
+        failures = [f for f in all_gather_object(failure, world_group()) if f]
+        if failures:
+            raise OutputError(failures[0])
+        if ps.is_main:
+            staged.commit()
+            write_text_atomic(root / LATEST, final.name)
+            _prune(root, keep_last, keep=final)
+            log.info("saved checkpoint %s", final)
+    except BaseException:
+        if staged is not None:
+            staged.abort()
+        raise
     barrier()
     return final
 
@@ -176,13 +197,9 @@ def read_trainer_state(ckpt: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{ckpt}: no {TRAINER_STATE}; not a trainer checkpoint (use checkpoint.load for "
                               f"weights only)")
-    try:
-        state = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: invalid JSON ({getattr(err, 'msg', err)})") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: not a trainer state (expected a JSON object)")
-    return state
+    from ..structured import read_json
+
+    return read_json(path, expect=dict, error=CheckpointError, what="trainer state", max_nodes=50_000_000)
 
 
 def load_checkpoint(ckpt: str | Path, model: nn.Module, opt: Optional[TrainOptimizer],

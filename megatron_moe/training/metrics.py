@@ -135,9 +135,12 @@ class MetricsWriter:
         """Append one JSON object to metrics.jsonl, send numeric leaves to TensorBoard/wandb, print a line."""
         if not self.enabled:
             return
-        if self._file is None:
-            self._open()
-        self._file.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
+        from ..atomic import writing
+
+        with writing(self.run_dir / "metrics.jsonl"):  # a full disk: one line naming the file, exit 2
+            if self._file is None:
+                self._open()
+            self._file.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
         step = int(record.get("step", 0))
         flat = _flatten({k: v for k, v in record.items() if k != "step"})
         if self.tb is not None:

@@ -13,7 +13,9 @@ Every rank runs it at start-up (same config, same files, same answer), and `mega
   4. the data: every domain's .bin/.idx pair, enough tokens for a sample, validation samples when evaluating,
      every token id below model.vocab_size (scanned when small enough, else checked per batch), and the
      tokenizer's size;
-  5. the run directory can be created or written.
+  5. the run directory can be created or written, and no live job holds its lock (training/run_lock.py);
+  6. the sizes the config implies, before anything is allocated: the step's token batch against the host's
+     memory, and the memory plan against the device's (check_memory).
 Nothing is written.
 """
 from __future__ import annotations
@@ -53,7 +55,10 @@ def apply_checkpoint_model(cfg: Config, ckpt) -> None:
 
     model, moe, _ = read_config(ckpt)
     theirs = {"model": model, "moe": moe}
-    for key in sorted(getattr(cfg, "explicit", ())):
+    for key, source in sorted(cfg.explicit.items()):
+        if key == "model.preset":
+            log.info("the model preset set in %s does not apply: %s supplies the model", source, ckpt)
+            continue
         section, name = key.split(".", 1)
         mine, stored = getattr(getattr(cfg, section), name), getattr(theirs[section], name)
         if mine == stored:
@@ -62,37 +67,20 @@ def apply_checkpoint_model(cfg: Config, ckpt) -> None:
             setattr(theirs[section], name, mine)
             log.info("%s=%r from the config (the checkpoint has %r)", key, mine, stored)
             continue
-        raise ConfigError(f"{key}={mine!r} differs from {stored!r} in {ckpt}/config.json, which supplies the "
-                          f"model when a checkpoint is loaded; remove {key} from the config (or convert again)")
+        raise ConfigError(f"{key}={mine!r} (set in {source}) differs from {stored!r} in {ckpt}/config.json, which "
+                          f"supplies the model when a checkpoint is loaded; remove {key} from {source} (or convert "
+                          f"again)")
     cfg.model, cfg.moe = model, moe
 
 
 def check_checkpoint(cfg: Config, ckpt: Path, resume: bool) -> None:
-    """Index, part metadata (names, global shapes) against the model; trainer state and optimizer for a resume."""
-    import torch
-
-    from ..checkpoint import model_tensors, read_index
+    """The checkpoint against its own config.json (checkpoint/verify.py); trainer state and optimizer for a
+    resume."""
     from ..checkpoint.store import part_metadata
+    from ..checkpoint.verify import verify_checkpoint
     from ..errors import CheckpointError
-    from ..model import build_model
 
-    with torch.device("meta"):
-        model = build_model(Config(model=cfg.model, moe=cfg.moe), recompute=False)
-    want = {n: tuple(t.shape) for n, t in model_tensors(model).items()}
-    index = read_index(ckpt)
-    where = {n: p for p, names in index["parts"].items() for n in names}
-    missing = [n for n in want if n not in where]
-    if missing:
-        raise CheckpointError(f"{ckpt}: checkpoint lacks {missing[0]!r} ({len(missing)} tensors missing) for "
-                              f"its own config.json")
-    for part in sorted(set(where[n] for n in want)):
-        md = part_metadata(ckpt / "model" / part)
-        for n in (n for n in want if where[n] == part):
-            if n not in md:
-                raise CheckpointError(f"{ckpt / 'model' / part}: part lacks {n!r}, which model/index.json lists")
-            if md[n][0] != want[n]:
-                raise CheckpointError(f"{ckpt / 'model' / part}: {n} has shape {md[n][0]} but config.json "
-                                      f"implies {want[n]}")
+    verify_checkpoint(ckpt)
     if resume:
         from .checkpointing import OPTIMIZER_DIR, read_trainer_state
 
@@ -101,6 +89,49 @@ def check_checkpoint(cfg: Config, ckpt: Path, resume: bool) -> None:
             raise CheckpointError(f"{ckpt}/trainer_state.json: missing 'step' or 'data'")
         if (ckpt / OPTIMIZER_DIR).is_dir():
             part_metadata(ckpt / OPTIMIZER_DIR)
+
+
+MEMORY_MARGIN = 1.5  # refuse a plan above 1.5x the memory there is: a bomb or a typo, not a tight fit
+
+
+def check_memory(cfg: Config, world_size: int) -> None:
+    """Sizes the config implies, against the machine, before anything is allocated: this rank's share of a
+    step's token batch (held whole by the data loader) must fit in half the host's available memory, and the
+    memory plan (memory_plan.py: weights, gradients, optimizer state, activations) in MEMORY_MARGIN x the
+    device's memory (host RAM on CPU, shared by this node's ranks)."""
+    import copy
+    import os
+
+    import psutil
+    import torch
+
+    from ..memory_plan import GIB, MemoryPlanError, layout_from_config, plan_memory
+
+    dp = cfg.parallel.dp(world_size)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0) or min(world_size, os.cpu_count() or 1)
+    host = psutil.virtual_memory()
+    batch_bytes = cfg.train.global_batch_size // dp * (cfg.data.seq_len + 1) * 8 * local
+    if batch_bytes > host.available / 2:
+        raise ConfigError(f"train.global_batch_size={cfg.train.global_batch_size} x data.seq_len="
+                          f"{cfg.data.seq_len} holds {batch_bytes / GIB:.1f} GiB of token ids on this host per "
+                          f"step, more than half of its {host.available / GIB:.1f} GiB available")
+    on_gpu = cfg.parallel.backend != "gloo" and torch.cuda.is_available()
+    planned = copy.deepcopy(cfg)
+    if not on_gpu and planned.train.precision == "auto":
+        planned.train.precision = "fp32"  # what auto means on CPU
+    try:
+        plan = plan_memory(planned, layout_from_config(planned, world_size), overhead_gib=4.0 if on_gpu else 0.0)
+    except MemoryPlanError:
+        return  # the layout itself was validated above; a planner gap is not the user's error
+    if on_gpu:
+        have, where = torch.cuda.get_device_properties(0).total_memory, "GPU"
+    else:
+        have, where = host.total / max(1, local), f"host RAM per rank ({local} ranks on this host)"
+    if plan.total > MEMORY_MARGIN * have:
+        raise ConfigError(f"this config needs about {plan.total_gib:.1f} GiB per rank (weights "
+                          f"{plan.weights / GIB:.1f}, gradients {plan.grads / GIB:.1f}, optimizer "
+                          f"{plan.optimizer / GIB:.1f}, activations {plan.activations / GIB:.1f}), far more than "
+                          f"the {have / GIB:.1f} GiB of {where}; see `megatron-moe plan`")
 
 
 def check_data(cfg: Config, world_size: int) -> dict:
@@ -148,13 +179,18 @@ def preflight(cfg: Config, world_size: Optional[int] = None) -> PreflightReport:
     from ..parallel import detect_launch_env
     from .checkpointing import latest_checkpoint
 
+    from .run_lock import check_free
+
     world = world_size if world_size is not None else detect_launch_env().world_size
     check_run_dir(cfg.logging.run_dir)
+    if cfg.logging.lock_run_dir:
+        check_free(cfg.logging.run_dir)
     latest = latest_checkpoint(cfg.logging.run_dir)
     source = latest or (resolve(cfg.checkpoint.load) if cfg.checkpoint.load else None)
     if source is not None:
         apply_checkpoint_model(cfg, source)
     cfg.validate(world)
+    check_memory(cfg, world)
     if source is not None:
         check_checkpoint(cfg, Path(source), resume=latest is not None)
     report = PreflightReport(world_size=world, source=str(source) if source else None, resume=latest is not None)

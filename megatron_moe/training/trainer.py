@@ -74,6 +74,10 @@ class Trainer:
         self.last_valid: dict[str, float] = {}
         self.flops_per_token = train_flops_per_token(cfg)
         self.peak = peak_tflops(cfg, self.device)
+        self.stop = None          # a signals.StopRequest while running under run_training
+        self.stopped_by = ""      # the signal that stopped train() early, if any
+        self.last_saved: Optional[Path] = None
+        self.last_saved_step = 0  # a fresh run has nothing to save at step 0
 
     # ---------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
@@ -86,8 +90,10 @@ class Trainer:
 
     def save(self) -> Path:
         opt = self.optimizer if self.cfg.checkpoint.save_optimizer else None
-        return ckpt.save_checkpoint(self.run_dir, self.cfg, self.model, opt, self.state_dict(), self.ps,
-                                    self.cfg.checkpoint.keep_last)
+        self.last_saved = ckpt.save_checkpoint(self.run_dir, self.cfg, self.model, opt, self.state_dict(), self.ps,
+                                               self.cfg.checkpoint.keep_last)
+        self.last_saved_step = self.step
+        return self.last_saved
 
     def resume(self, path: str | Path) -> None:
         state = ckpt.load_checkpoint(path, self.model, self.optimizer, self.ps)
@@ -111,6 +117,7 @@ class Trainer:
         if latest is None:
             return False
         self.resume(latest)
+        self.last_saved, self.last_saved_step = latest, self.step
         return True
 
     # ------------------------------------------------------------------------------------------ step
@@ -235,6 +242,9 @@ class Trainer:
         until = cfg.train.train_steps if until is None else until
         history = []
         while self.step < until:
+            if self.stop_requested():
+                self.stop_and_save()
+                return history
             rec = self.train_step()
             history.append(rec)
             if self.step % max(1, cfg.train.log_interval) == 0 or rec["skipped"]:
@@ -256,6 +266,24 @@ class Trainer:
             if not cfg.checkpoint.save_interval or self.step % cfg.checkpoint.save_interval:
                 self.save()
         return history
+
+    def stop_requested(self) -> bool:
+        """Whether any rank got a stop signal (one max-all-reduce over every rank; all ranks agree)."""
+        from ..parallel import world_group
+
+        local = 1.0 if self.stop is not None and self.stop.requested else 0.0
+        if self.ps.world_size == 1:
+            return bool(local)
+        flag = all_reduce_(torch.tensor([local], device=self.device), world_group(), op="max")
+        return bool(flag.item())
+
+    def stop_and_save(self) -> None:
+        """The graceful stop: save unless the current step is already saved; record who asked."""
+        self.stopped_by = self.stop.name if self.stop is not None and self.stop.requested else "a stop signal"
+        if self.step != self.last_saved_step:
+            self.save()
+        log.warning("stopped by %s at step %d: checkpoint %s; run the same command again to resume",
+                    self.stopped_by, self.step, self.last_saved)
 
     def close(self) -> None:
         self.metrics.close()

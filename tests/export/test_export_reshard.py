@@ -37,7 +37,9 @@ def test_reshard_bad_inputs(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         reshard(tmp_path / "missing", tmp_path / "o", ep=2)
     (tmp_path / "exists").mkdir()
-    with pytest.raises(CheckpointError, match="already exists"):
+    from megatron_moe.atomic import OutputError
+
+    with pytest.raises(OutputError, match="already exists"):
         reshard(tmp_path / "src", tmp_path / "exists", ep=2)
     from megatron_moe.config import ConfigError
 

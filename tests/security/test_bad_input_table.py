@@ -135,8 +135,8 @@ CASES = [
     ("train", ["-m", "megatron_moe.train", "--config", "{cfg}", "logging.run_dir=/proc/megatron_moe_run"], "cannot be created"),
     ("train", ["-m", "megatron_moe.train", "--config", "{cfg}", "logging.run_dir={file}"], "is a file, not a directory"),
     ("train", [*T, "checkpoint.load={root}/nope"], "no such checkpoint"),
-    ("train", [*T, "checkpoint.load={moe}", "moe.num_experts=8"], "moe.num_experts=8 differs from 4"),
-    ("train", [*T, "checkpoint.load={moe}", "model.hidden_size=64"], "model.hidden_size=64 differs from 32"),
+    ("train", [*T, "checkpoint.load={moe}", "moe.num_experts=8"], "moe.num_experts=8 (set in the command line) differs from 4"),
+    ("train", [*T, "checkpoint.load={moe}", "model.hidden_size=64"], "model.hidden_size=64 (set in the command line) differs from 32"),
     ("train", ["-m", "megatron_moe.train", "--config", "{cfg}", "logging.run_dir={root}/run_latest_broken"],
      "points at step_00000009"),
     # evaluate
