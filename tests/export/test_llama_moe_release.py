@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from megatron_moe import load_model
 from megatron_moe.checkpoint import read_config, read_index, read_tensors
+from megatron_moe.errors import CheckpointError
 from megatron_moe.export import import_llama_moe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,10 +91,13 @@ def test_release_layout_imports_and_matches_their_fp32_logits(tmp_path, variant)
     assert err <= 1e-4, err
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_release_layout_bf16_import_keeps_bits_and_matches_their_bf16_logits(tmp_path, variant):
-    r = _cli("--load", FIXTURES / variant, "--save", tmp_path / "ck", "--dtype", "bf16")
-    assert r.returncode == 0, r.stderr[-2000:]
+@pytest.mark.parametrize("variant,via", [("linear", "cli"), ("mlp", "api")])
+def test_release_layout_bf16_import_keeps_bits_and_matches_their_bf16_logits(tmp_path, variant, via):
+    if via == "cli":
+        r = _cli("--load", FIXTURES / variant, "--save", tmp_path / "ck", "--dtype", "bf16")
+        assert r.returncode == 0, r.stderr[-2000:]
+    else:
+        import_llama_moe(FIXTURES / variant, tmp_path / "ck", dtype=torch.bfloat16, progress=False)
     assert read_index(tmp_path / "ck")["dtype"] == "bfloat16"
     ours, theirs = read_tensors(tmp_path / "ck"), _their_tensors(FIXTURES / variant)
     for j in range(4):  # stored bits unchanged
@@ -103,13 +107,14 @@ def test_release_layout_bf16_import_keeps_bits_and_matches_their_bf16_logits(tmp
     ref = load_file(str(FIXTURES / f"reference_{variant}.safetensors"))
     logits, experts = _run_routed(load_model(tmp_path / "ck", dtype=torch.bfloat16), ref["input_ids"])
     assert torch.equal(experts, ref["experts_bf16"])
-    # Two bf16 computations of one function differ by rounding (8-bit mantissa at every op), not by a fixed
-    # amount. Their own bf16 run is `their_noise` away from the exact (fp32) logits; ours must be no further from
-    # the exact logits than that, with a factor 2 for a different order of roundings.
-    their_noise = (ref["logits_bf16"].float() - ref["logits_fp32"]).abs().max().item()
-    err = (logits.float() - ref["logits_fp32"]).abs().max().item()
-    assert 0 < their_noise < 0.1 and err <= 2 * their_noise, (err, their_noise)
-    assert (logits.float() - ref["logits_bf16"].float()).abs().max().item() <= 3 * their_noise
+    # Two bf16 computations of one function differ by rounding, not by a fixed amount: every op rounds to an 8-bit
+    # mantissa (unit roundoff u = 2^-8), and two layers of ~10 such ops put either side a few u (relative to the
+    # logits' size) from the exact logits; measured: ours 2.3u-6.8u, theirs 2.5u-4.3u from their fp32 logits, 5u-6.3u
+    # apart. 16u (0.2 here) keeps every expert choice and catches what the fp32 test catches by orders of magnitude
+    # more (a wrong score scale moves logits by ~1).
+    tol = 16 * 2.0 ** -8 * ref["logits_fp32"].abs().max().item()
+    err = (logits.float() - ref["logits_bf16"].float()).abs().max().item()
+    assert err <= tol, (err, tol)
 
 
 def _rewrite_shards(d: Path, change) -> None:
@@ -139,19 +144,31 @@ CORRUPT = {  # what is wrong -> (rewrite of an inv_freq buffer, config.json chan
 }
 
 
-@pytest.mark.parametrize("case", list(CORRUPT))
-def test_release_layout_other_rotary_frequencies_refused(tmp_path, case):
+def _corrupted(tmp_path, case) -> Path:
     rewrite, cfg_change = CORRUPT[case]
     d = tmp_path / "hf"
     shutil.copytree(FIXTURES / "linear", d)
     _rewrite_shards(d, lambda n, t: rewrite(int(n.split(".")[2]), t) if n.endswith("rotary_emb.inv_freq") else t)
     cfg = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps({**cfg, **cfg_change}))
-    r = _cli("--load", d, "--save", tmp_path / "ck")
+    return d
+
+
+@pytest.mark.parametrize("case", list(CORRUPT))
+def test_release_layout_other_rotary_frequencies_refused(tmp_path, case):
+    d = _corrupted(tmp_path, case)
+    with pytest.raises(CheckpointError, match=r"rotary_emb\.inv_freq.*not the default rotary frequencies") as e:
+        import_llama_moe(d, tmp_path / "ck", progress=False)
+    assert "\n" not in str(e.value) and ("layers.1." in str(e.value)) == ("layer 1" in case)
+    assert not (tmp_path / "ck").exists()
+
+
+def test_release_layout_refusal_is_one_line_exit_2(tmp_path):
+    r = _cli("--load", _corrupted(tmp_path, "theta 5e5 in the buffers"), "--save", tmp_path / "ck")
     assert r.returncode == 2, r.stderr[-2000:]
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "rotary_emb.inv_freq" in lines[0], r.stderr
-    assert not (tmp_path / "ck").exists()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "rope_theta=10000.0" in lines[0], r.stderr
+    assert not (tmp_path / "ck").exists() and not list(tmp_path.glob("ck*"))
 
 
 @pytest.mark.parametrize("which", ["nearest", "other neighbour"])
@@ -163,7 +180,7 @@ def test_buffer_within_its_dtype_rounding_imports(tmp_path, which):
     exact = 1.0 / 1e4 ** (torch.arange(0, 16, 2, dtype=torch.float64) / 16)
     nearest = exact.to(torch.bfloat16)
     stored = nearest if which == "nearest" else _nudge(nearest, 1 if nearest[5].double() < exact[5] else -1)
-    assert which == "nearest" or (stored[5].double() - exact[5]).abs() > torch.finfo(torch.bfloat16).eps / 2 * 2 ** -9
+    half_ulp = torch.finfo(torch.bfloat16).eps / 2 * 2.0 ** math.floor(math.log2(exact[5].item()))
+    assert which == "nearest" or (stored[5].double() - exact[5]).abs() > half_ulp  # not round-to-nearest
     _rewrite_shards(d, lambda n, t: stored if n.endswith("inv_freq") else t)
-    r = _cli("--load", d, "--save", tmp_path / "ck")
-    assert r.returncode == 0, r.stderr[-2000:]
+    import_llama_moe(d, tmp_path / "ck", progress=False)
