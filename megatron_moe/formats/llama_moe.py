@@ -6,7 +6,8 @@
   model.layers.{i}.mlp.calculator.experts.weight_gate.{j}   [F, D]
   model.layers.{i}.mlp.calculator.experts.weight_up.{j}     [F, D]
   model.layers.{i}.mlp.calculator.experts.weight_down.{j}   [D, F]
-  model.layers.{i}.self_attn.rotary_emb.inv_freq            [h/2]   written, as their modeling code stores it
+  model.layers.{i}.self_attn.rotary_emb.inv_freq            [h/2]   written, as their modeling code stores it; on
+                                                                    import checked (to the stored dtype's rounding), dropped
 config.json: model_type llama_moe, num_experts, num_selects, size_experts (per layer, per expert), gate_type
 TopKBalancedNoisyGate, gate_network, gate_add_noise, gate_noise_epsilon, gate_use_balance,
 gate_balance_loss_weight, calculator_type UniversalCalculator, multiply_gate_scores, score_scale_factor, and the
@@ -19,6 +20,7 @@ window); checkpoints that need more are refused with the format that holds them.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -57,6 +59,34 @@ _MOE_FIELDS = {"num_experts", "num_selects", "size_experts", "gate_network", "ga
 def _default_inv_freq(model: ModelConfig) -> torch.Tensor:
     h = model.head_width
     return 1.0 / (model.rope_theta ** (torch.arange(0, h, 2, dtype=torch.float32) / h))
+
+
+def inv_freq_mismatch(stored: torch.Tensor, model: ModelConfig) -> Optional[str]:
+    """Why a stored rotary_emb.inv_freq buffer is not the default frequencies 1/theta^(2i/h) (a phrase to follow
+    its name); None when it is.
+
+    Their code (and our exporter) computes the frequencies in fp32 and the buffer is then cast with the model
+    (bf16 in the released checkpoints). So a stored value is the exact frequency rounded twice: in fp32 (the
+    exponent 2i/h rounded, amplified by ln(theta), then pow and divide: within (ln(theta)*2i/h + 2) fp32 ulps) and
+    to the stored dtype (round-to-nearest, but we accept either neighbour: a faithful rounding, as the fp32 step
+    can land on the other side of a midpoint). Anything further off was not made from this rope_theta: in bf16 a
+    theta 0.3% off (head width 128; 0.6% at 16) is still told apart, in fp32 0.1%."""
+    if not stored.is_floating_point():
+        return f" is {str(stored.dtype).replace('torch.', '')}, not floating point"
+    h = model.head_width
+    x = torch.arange(0, h, 2, dtype=torch.float64) / h
+    exact = model.rope_theta ** -x
+    if tuple(stored.shape) != tuple(exact.shape):
+        return f" has shape {tuple(stored.shape)}, not ({len(exact)},) for head width {h}"
+    fi = torch.finfo(stored.dtype)
+    ulp = (fi.eps * 2.0 ** torch.floor(torch.log2(exact))).clamp(min=fi.tiny * fi.eps)  # spacing at each value
+    tol = ulp + torch.finfo(torch.float32).eps * (math.log(model.rope_theta) * x + 2) * exact
+    ok = (stored.double() - exact).abs() <= tol  # False for NaN
+    if bool(ok.all()):
+        return None
+    j = int((~ok).nonzero()[0])
+    dt = str(stored.dtype).replace("torch.", "")
+    return f"[{j}] = {stored[j].item():.6g}, not {exact[j].item():.6g} within {dt} rounding"
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -185,11 +215,14 @@ class LlamaMoEReader:
         self._check_inv_freq()
 
     def _check_inv_freq(self) -> None:
-        want = _default_inv_freq(self.model)
-        name = INV_FREQ.format(i=0)
-        if name in self.files and not torch.allclose(self.files.get(name).float(), want, rtol=1e-4):
-            raise CheckpointError(f"{self.path}: {name} is not the default rotary frequencies of rope_theta="
-                                  f"{self.model.rope_theta}; custom rotary buffers are not modelled")
+        """Every layer's stored rotary buffer must be the default frequencies of config.json's rope_theta (they are
+        then dropped: our model computes them). Read shard by shard."""
+        names = [n for n in (INV_FREQ.format(i=i) for i in range(self.model.num_layers)) if n in self.files]
+        for name in sorted(names, key=lambda n: str(self.files.files[n])):
+            why = inv_freq_mismatch(self.files.get(name), self.model)
+            if why:
+                raise CheckpointError(f"{self.path}: {name}{why}: not the default rotary frequencies of "
+                                      f"rope_theta={self.model.rope_theta} (custom rotary buffers are not modelled)")
 
     def get(self, name: str) -> torch.Tensor:
         E = self.moe.num_experts
