@@ -5,7 +5,8 @@
 #            run directory;
 #   tests    tests/families, tests/moe/test_moe_layouts.py and tests/security, as another uid (--user 4242:4242),
 #            with pytest's temporary files in a mounted directory;
-#   sigterm  torchrun with two stand-in workers (docker/sigterm_probe.py); `docker stop` must reach both.
+#   sigterm  torchrun with two stand-in workers (docker/sigterm_probe.py): `docker stop` must reach both workers
+#            before its SIGKILL timeout; and a command without a SIGTERM handler must end at once (tini is PID 1).
 # It prints the build time, the image size and each result. Exit codes: 0 all passed, 1 a check failed,
 # 2 the machine lacks what the test needs (an engine, a base image or the means to make one).
 #
@@ -74,6 +75,10 @@ make_local_base() {
     say "making $LOCAL_BASE: debootstrap --variant=minbase bookworm from $mirror"
     debootstrap --variant=minbase bookworm "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 \
         || { tail -n 20 "$work/debootstrap.log" >&2; die "debootstrap failed"; }
+    if [[ "$mirror" == http://deb.debian.org/debian ]]; then  # debootstrap writes only the release itself
+        printf 'deb %s bookworm main\ndeb %s bookworm-updates main\ndeb %s-security bookworm-security main\n' \
+            "$mirror" "$mirror" "$mirror" >"$work/rootfs/etc/apt/sources.list"
+    fi
     tar -C "$work/rootfs" -c . | "$ENGINE" import --change 'CMD ["/bin/bash"]' - "$LOCAL_BASE" >/dev/null
     rm -rf "$work/rootfs"
 }
@@ -101,6 +106,8 @@ fi
 
 # --- the build ---------------------------------------------------------------------------------------------------
 build=(build -f "$DOCKERFILE" -t "$IMAGE" --network=host --build-arg "BASE_IMAGE=$base")
+# podman writes OCI images by default, which drop SHELL (the Dockerfiles' bash -o pipefail); Docker's format keeps it
+if [[ "$ENGINE" == podman ]]; then build+=(--format docker); fi
 if [[ "${NO_CACHE:-0}" == 1 ]]; then build+=(--no-cache); fi
 wheels=${WHEELS:-${PIP_FIND_LINKS:-}}
 if [[ -n "$wheels" && -d "$wheels" ]]; then
@@ -121,7 +128,7 @@ t0=$(date +%s)
 "$ENGINE" "${build[@]}" . || { echo "error: the image did not build" >&2; exit 1; }
 build_s=$(($(date +%s) - t0))
 size_b=$("$ENGINE" image inspect --format '{{.Size}}' "$IMAGE")
-size=$(awk -v b="$size_b" 'BEGIN { printf "%.2f GB (%d bytes)", b / 1e9, b }')
+size=$(awk -v b="$size_b" 'BEGIN { printf "%.2f GB (%.0f bytes)", b / 1e9, b }')
 say "built $IMAGE in ${build_s} s; size $size"
 
 # --- the checks inside -------------------------------------------------------------------------------------------
@@ -166,15 +173,16 @@ tests_dir=$(mount_dir tests "$owner_other")
 check tests "${run[@]}" "${as_other[@]}" -v "$tests_dir:$WS/runs" "$IMAGE" \
     python -m pytest -q -p no:cacheprovider -m "not gpu and not slow" --basetemp "$WS/runs/pytest" "${TESTS[@]}"
 
-sig_dir=$(mount_dir sigterm "$owner_default")
+# sigterm: torchrun with two stand-in workers; `docker stop` must reach both before its SIGKILL timeout.
 # shellcheck disable=SC2329  # called by check
 sigterm() {
+    local waited=0 dir
+    dir=$(mount_dir sigterm "$owner_default")
     container=megatron-moe-sigterm-$$
-    "$ENGINE" run -d --name "$container" --network=none "${as_default[@]}" -v "$sig_dir:$WS/runs" "$IMAGE" \
+    "$ENGINE" run -d --name "$container" --network=none "${as_default[@]}" -v "$dir:$WS/runs" "$IMAGE" \
         python -m torch.distributed.run --standalone --nproc-per-node 2 docker/sigterm_probe.py "$WS/runs/probe" \
         >/dev/null
-    local waited=0
-    until [[ -s "$sig_dir/probe/ready.0" && -s "$sig_dir/probe/ready.1" ]]; do
+    until [[ -s "$dir/probe/ready.0" && -s "$dir/probe/ready.1" ]]; do
         sleep 1
         waited=$((waited + 1))
         if ((waited > 180)); then
@@ -187,22 +195,40 @@ sigterm() {
     "$ENGINE" stop -t "$STOP_TIMEOUT" "$container" >/dev/null
     local stop_s=$((SECONDS - t)) code
     code=$("$ENGINE" inspect --format '{{.State.ExitCode}}' "$container")
-    "$ENGINE" logs "$container" 2>&1 | tail -n 5
+    "$ENGINE" logs "$container" 2>&1 | tail -n 3
     "$ENGINE" rm "$container" >/dev/null
     container=""
-    echo "PID 1: $(cut -d' ' -f2 "$sig_dir/probe/ready.0"); stop took ${stop_s} s (SIGKILL after ${STOP_TIMEOUT} s);" \
+    echo "PID 1: $(cut -d' ' -f2 "$dir/probe/ready.0"); stop took ${stop_s} s (SIGKILL after ${STOP_TIMEOUT} s);" \
          "container exit code $code"
-    cat "$sig_dir"/probe/sigterm.* 2>/dev/null || true
-    [[ -s "$sig_dir/probe/sigterm.0" && -s "$sig_dir/probe/sigterm.1" ]] && ((stop_s < STOP_TIMEOUT))
+    cat "$dir"/probe/sigterm.* 2>/dev/null || true
+    [[ -s "$dir/probe/sigterm.0" && -s "$dir/probe/sigterm.1" ]] && ((stop_s < STOP_TIMEOUT))
 }
 check sigterm sigterm
+
+# sigterm-plain: a command without a SIGTERM handler ends at once on `docker stop` (exit 143 = 128 + SIGTERM),
+# because tini, not the command, is PID 1 (a PID 1 ignores signals it has no handler for).
+# shellcheck disable=SC2329  # called by check
+sigterm_plain() {
+    container=megatron-moe-sigterm-plain-$$
+    "$ENGINE" run -d --name "$container" --network=none "$IMAGE" python -c "import time; time.sleep(600)" >/dev/null
+    sleep 3
+    local t=$SECONDS code
+    "$ENGINE" stop -t "$STOP_TIMEOUT" "$container" >/dev/null
+    local stop_s=$((SECONDS - t))
+    code=$("$ENGINE" inspect --format '{{.State.ExitCode}}' "$container")
+    "$ENGINE" rm "$container" >/dev/null
+    container=""
+    echo "stop took ${stop_s} s, exit code $code"
+    [[ "$code" == 143 ]] && ((stop_s < STOP_TIMEOUT))
+}
+check sigterm-plain sigterm_plain
 
 # --- summary -----------------------------------------------------------------------------------------------------
 say "summary ($engine_version, $(date -u +%F), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
 echo "base:    $base ($base_note)"
 echo "build:   ${build_s} s$([[ "${NO_CACHE:-0}" == 1 ]] && echo ' (no layer cache)')"
 echo "image:   $IMAGE, $size"
-for name in demo tests sigterm; do
+for name in demo tests sigterm sigterm-plain; do
     echo "$name: ${result[$name]}"
 done
 exit "$failed"
