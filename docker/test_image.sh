@@ -91,7 +91,11 @@ elif "$ENGINE" image inspect "$pinned" >/dev/null 2>&1 || timeout 120 "$ENGINE" 
 else
     base=$LOCAL_BASE
     base_note="local Debian bookworm: $pinned could not be pulled"
-    "$ENGINE" image inspect "$base" >/dev/null 2>&1 || make_local_base
+    if ! "$ENGINE" image inspect "$base" >/dev/null 2>&1; then
+        t0=$SECONDS
+        make_local_base
+        base_note+="; made in $((SECONDS - t0)) s"
+    fi
 fi
 say "base image: $base ($base_note)"
 
