@@ -13,7 +13,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_ARGS ?=
 LATEST_VENV ?= .venv-latest
 
-.PHONY: demo test test-all test-gpu test-latest lock clean venv
+.PHONY: demo test test-all test-gpu test-latest lock clean venv docker-test
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: setup.py pyproject.toml $(LOCK)
@@ -65,6 +65,11 @@ lock: venv
 	$(UV_COMPILE) --extra dev -c requirements/torch-cpu.txt -c $(VENV)/triton-of-gpu-lock.txt $(TORCH_CPU_SOURCE) \
 	  --python-platform x86_64-manylinux_2_28 -o requirements/cpu.lock
 	@grep -E '^(torch|transformers|megatron-core|triton)==' requirements/cpu.lock requirements/gpu.lock
+
+# Build docker/Dockerfile.cpu on this machine (podman or Docker) and run the demo, a test subset and a SIGTERM check
+# inside it as non-root users; prints build time and image size (docker/README.md). Not part of `make test` or CI.
+docker-test:
+	TORCH_CPU_INDEX=$(TORCH_CPU_INDEX) bash docker/test_image.sh
 
 clean:
 	rm -rf $(VENV) $(LATEST_VENV) demo_out .pytest_cache

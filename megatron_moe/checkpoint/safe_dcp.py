@@ -48,8 +48,24 @@ def _torch_global(name: str):
     return None
 
 
+# Enum classes of DCP metadata. Some Python 3.11 releases, among them 3.11.2 (Debian 12's python3.11), pickle an
+# Enum member as `getattr(EnumClass, "NAME")`; 3.10.13, 3.11.7, 3.12.1 and 3.13.0 as `EnumClass(value)`.
+_ENUMS = (dcp_md._MEM_FORMAT_ENCODING,)
+
+
+def _enum_member(cls: Any, name: Any):
+    """What `builtins.getattr` resolves to in checkpoint metadata: a member of an allow-listed Enum, nothing else
+    (a free getattr reaches any attribute of the allowed classes, e.g. pathlib.Path.write_text)."""
+    if cls in _ENUMS and isinstance(name, str) and name in cls.__members__:
+        return cls[name]
+    raise pickle.UnpicklingError(f"refused getattr({getattr(cls, '__name__', type(cls).__name__)}, {name!r}) "
+                                 "(only members of checkpoint enums)")
+
+
 class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
+        if module in ("builtins", "__builtin__") and name == "getattr":
+            return _enum_member
         if module == "torch":
             value = _torch_global(name)
             if value is not None:

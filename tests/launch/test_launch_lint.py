@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = sorted([*ROOT.glob("examples/*.sh"), *ROOT.glob("examples/*.sbatch"), *ROOT.glob("tools/*.sh")])
+SCRIPTS = sorted([*ROOT.glob("examples/*.sh"), *ROOT.glob("examples/*.sbatch"), *ROOT.glob("tools/*.sh"),
+                  *ROOT.glob("docker/*.sh")])
 DOCKERFILES = [ROOT / "docker" / "Dockerfile", ROOT / "docker" / "Dockerfile.cpu"]
-EXPECTED_SCRIPTS = {"convert_llama2_7b.sh", "pretrain_torchrun.sh", "pretrain_slurm.sbatch", "gpu_check.sh"}
+EXPECTED_SCRIPTS = {"convert_llama2_7b.sh", "pretrain_torchrun.sh", "pretrain_slurm.sbatch", "gpu_check.sh",
+                    "install.sh", "test_image.sh"}
 
 
 def _tool(name: str):
@@ -61,8 +63,8 @@ def test_dockerfiles_pin_their_base_images():
         for image in bases:
             assert ":" in image and not image.endswith(":latest"), f"{path.name}: unpinned base {image}"
     gpu = DOCKERFILES[0].read_text()
-    assert "nvcr.io/nvidia/pytorch:" in gpu and ".[gpu]" in gpu
-    assert "-c /tmp/keep-base.txt" in gpu  # the base image's torch is kept
+    assert "nvcr.io/nvidia/pytorch:" in gpu and "docker/install.sh deps requirements/gpu.lock" in gpu
+    # the base image's torch is kept: tests/launch/test_docker_images.py
 
 
 def test_dockerignore_keeps_context_small():
