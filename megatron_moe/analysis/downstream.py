@@ -134,11 +134,15 @@ def results_table(res: dict) -> str:
     return out
 
 
+# the metric a report shows for a task, first found: accuracy, then generation, then perplexity-like
+HEADLINE_METRICS = ("acc", "acc_norm", "exact_match", "word_perplexity", "perplexity", "bits_per_byte")
+
+
 def headline(res: dict, task: str) -> Optional[tuple[str, float]]:
-    """(metric, value) a report shows for `task`: acc, acc_norm, exact_match, then a perplexity-like metric."""
-    metrics = res.get("results", {}).get(task, {})
-    for name in ("acc", "acc_norm", "exact_match", "word_perplexity", "perplexity", "bits_per_byte"):
-        for key, value in metrics.items():
-            if key.split(",")[0] == name and isinstance(value, (int, float)):
-                return name, float(value)
+    """(metric, value) a report shows for `task` in a results dict (HEADLINE_METRICS order)."""
+    metrics = {k.split(",")[0]: v for k, v in res.get("results", {}).get(task, {}).items()
+               if isinstance(v, (int, float))}
+    for name in HEADLINE_METRICS:
+        if name in metrics:
+            return name, float(metrics[name])
     return None

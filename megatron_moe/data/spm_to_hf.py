@@ -31,7 +31,7 @@ from .tokenizer import TokenizerError
 SPACE = "\u2581"  # ▁, sentencepiece's space marker
 
 
-def _pieces(path: str | Path):
+def sentencepiece_pieces(path: str | Path):
     """[(piece, score, kind)] with kind normal | unknown | control | byte | unused | user_defined."""
     import sentencepiece as spm
 
@@ -96,7 +96,7 @@ def spm_to_tokenizers(path: str | Path, add_bos: bool = True):
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, processors
 
     spec = read_spm_spec(path)
-    sp, pieces = _pieces(path)
+    sp, pieces = sentencepiece_pieces(path)
     _check(path, spec, pieces)
     unk_id = next((i for i, (_, _, k) in enumerate(pieces) if k == "unknown"), None)
     unk = pieces[unk_id][0] if unk_id is not None else None
@@ -138,7 +138,7 @@ def spm_to_tokenizers(path: str | Path, add_bos: bool = True):
 def special_pieces(path: str | Path) -> dict[str, str | None]:
     """{"bos", "eos", "unk", "pad"} -> piece string (None when the model defines none)."""
     spec = read_spm_spec(path)
-    _, pieces = _pieces(path)
+    _, pieces = sentencepiece_pieces(path)
 
     def piece(i: int):
         return pieces[i][0] if 0 <= i < len(pieces) else None

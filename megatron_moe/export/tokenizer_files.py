@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..checkpoint.format import TOKENIZER_FILES
+from ..data.tokenizer import TokenizerError
 from ..formats import ExportError
 
 log = logging.getLogger(__name__)
@@ -55,11 +56,9 @@ class _Vocab:
             unk = getattr(tok.model, "unk_token", None)
             self.specials = {"unk": unk if unk and tok.token_to_id(unk) is not None else None, "pad": None}
         else:
-            import sentencepiece as spm
+            from ..data.spm_to_hf import sentencepiece_pieces, special_pieces
 
-            from ..data.spm_to_hf import special_pieces
-
-            sp = spm.SentencePieceProcessor(model_file=str(self.spm))
+            sp, _ = sentencepiece_pieces(self.spm)
             self.size = sp.get_piece_size()
             self.token = lambda i: sp.id_to_piece(i) if 0 <= i < self.size else None
             self.id_of = lambda name: sp.piece_to_id(name) if sp.id_to_piece(sp.piece_to_id(name)) == name else None
@@ -109,7 +108,10 @@ def tokenizer_files(src: str | Path, model_cfg) -> TokenizerFiles:
             out.new[GENERATION_CONFIG] = _generation_config(model_cfg, None)
         return out
 
-    vocab = _Vocab(src)
+    try:
+        vocab = _Vocab(src)
+    except TokenizerError as err:
+        raise ExportError(str(err)) from None
     if vocab.size > model_cfg.vocab_size:
         raise ExportError(f"{src}: the tokenizer has {vocab.size} tokens but the model's vocabulary is "
                           f"{model_cfg.vocab_size}")
@@ -119,7 +121,6 @@ def tokenizer_files(src: str | Path, model_cfg) -> TokenizerFiles:
     if "tokenizer.json" not in have:
         from ..data.spm_spec import read_spm_spec
         from ..data.spm_to_hf import tokenizer_json
-        from ..data.tokenizer import TokenizerError
 
         spec = read_spm_spec(vocab.spm)
         for what, ours, theirs in (("bos", model_cfg.bos_token_id, spec.bos_id),
