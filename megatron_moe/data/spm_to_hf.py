@@ -12,8 +12,10 @@ The pipeline mirrors sentencepiece's encoder:
                  dummy prefix `▁` and every space written as `▁`
   model          BPE with merges ranked by the merged piece's score (sentencepiece merges the adjacent pair whose
                  result scores highest), or Unigram with the pieces' scores; byte fallback as the model says
-  special tokens the control and unknown pieces; text is never matched against them
-                 (`encode_special_tokens`): sentencepiece reads a literal "<s>" in text as characters, so do we
+  special tokens the control and unknown pieces; for BPE, text is never matched against them
+                 (`encode_special_tokens`): sentencepiece reads a literal "<s>" in text as characters, so do we.
+                 Unigram keeps the usual HF matching (its lattice would otherwise find "<s>" as a piece), and HF's
+                 Viterbi may break an exact tie between equal-score segmentations differently
   post-processor BOS before the text (and before each text of a pair)
   decoder        `▁` back to spaces, byte pieces to UTF-8, the dummy prefix's space removed
 
@@ -96,7 +98,7 @@ def spm_to_tokenizers(path: str | Path, add_bos: bool = True):
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, processors
 
     spec = read_spm_spec(path)
-    sp, pieces = sentencepiece_pieces(path)
+    _, pieces = sentencepiece_pieces(path)
     _check(path, spec, pieces)
     unk_id = next((i for i, (_, _, k) in enumerate(pieces) if k == "unknown"), None)
     unk = pieces[unk_id][0] if unk_id is not None else None
