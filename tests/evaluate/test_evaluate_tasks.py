@@ -133,6 +133,8 @@ def test_cli_offline_table_and_json(model_dirs, tmp_path):
                            "--bootstrap-iters", "0", "--no-progress", "--json", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("|"))
+    assert header.replace(" ", "").startswith("|Tasks|Version|Filter|n-shot|Metric|")  # the harness's table
     assert "|toy_mc" in proc.stdout and "acc_norm" in proc.stdout and "word_perplexity" in proc.stdout
     res = json.loads(out.read_text())
     assert res["results"]["toy_mc"]["sample_len"] == 4 and res["config"]["limit"] == 4
