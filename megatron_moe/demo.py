@@ -124,8 +124,8 @@ def generate(hf_dir: Path, run_dir: Path) -> None:
     spm = load_tokenizer(str(hf_dir / "tokenizer.model"))  # the run's sentencepiece model, carried by the export
     tok = AutoTokenizer.from_pretrained(hf_dir)  # the export's tokenizer.json, written from it
     sample = (ROOT / "megatron_moe" / "demo.py").read_text() + " Ünïcödé 日本語   runs  of spaces\t\n"
-    same = tok(sample)["input_ids"] == [spm.bos_id] + spm.encode(sample)
-    print(f"  {type(tok).__name__} loaded from {hf_dir}: {len(tok(sample)['input_ids'])} ids of this file's text, "
+    same = tok(sample, verbose=False)["input_ids"] == [spm.bos_id] + spm.encode(sample)
+    print(f"  {type(tok).__name__} loaded from {hf_dir}: {len(spm.encode(sample)) + 1} ids of this file's text, "
           f"{'the same as' if same else 'DIFFERENT from'} sentencepiece's")
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     ours = load_model(run_dir)
