@@ -19,6 +19,11 @@ INSTALL_REQUIRES = [
     "scikit-learn>=1.4,<2",
     "pymetis>=2025.2",  # CSRAdjacency (xadj/adjncy keywords are deprecated)
     "psutil>=5.9",
+    # lm-evaluation-harness as a library (`evaluate --tasks`); [hf] brings its HF backend (accelerate, peft).
+    # Tested: 0.4.13 (TemplateLM, Collator, TaskManager(include_defaults=...), normalize_gen_kwargs).
+    "lm-eval[hf]>=0.4.13,<0.5",
+    # lm-eval leaves it unpinned and the lock resolver chose 0.38, whose tables lose their header row (seen)
+    "pytablewriter>=1.2,<2",
 ]
 EXTRAS = {
     # Triton ships Linux x86_64/aarch64 wheels only; on CPU it runs kernels in its interpreter.

@@ -6,7 +6,7 @@
   4. convert   dense -> MoE (4 experts, top-2, random split), verified lossless
   5. train     2 processes, EP=2, dynamic domain sampling; stop half-way, resume from the checkpoint, finish
   6. evaluate  per-domain loss and perplexity with tools/evaluate.py
-  7. export    to Mixtral (HF), reload with transformers, generate a few tokens
+  7. export    to Mixtral (HF), reload model and tokenizer with transformers, generate a few tokens
 
 Everything lands in ./demo_out (or $DEMO_OUT). Nothing is downloaded.
 """
@@ -103,7 +103,7 @@ def main() -> None:
     sh(py, "tools/evaluate.py", "--load", f"{rel}/run", "--data", f"code={data['prefixes']['code']}",
        f"prose={data['prefixes']['prose']}", "--seq-len", "128", "--max-batches", "4")
 
-    banner("7/7 export to Mixtral (HF) and generate with transformers")
+    banner("7/7 export to Mixtral (HF); AutoTokenizer and AutoModelForCausalLM load it; generate")
     sh(py, "tools/export_hf.py", "--load", f"{rel}/run", "--save", f"{rel}/mixtral_hf", "--format", "mixtral")
     generate(out / "mixtral_hf", out / "run")
     metrics = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -113,23 +113,31 @@ def main() -> None:
 
 
 def generate(hf_dir: Path, run_dir: Path) -> None:
-    """Reload the export with transformers, check it computes our logits, and continue a prompt greedily."""
+    """Reload the export with transformers (model and tokenizer), check it computes our logits and tokenizes like
+    the run's sentencepiece model, and continue a prompt greedily."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .api import load_model
     from .data import load_tokenizer
 
-    tok = load_tokenizer(str(hf_dir / "tokenizer.model"))  # the export carries the run's tokenizer
+    spm = load_tokenizer(str(hf_dir / "tokenizer.model"))  # the run's sentencepiece model, carried by the export
+    tok = AutoTokenizer.from_pretrained(hf_dir)  # the export's tokenizer.json, written from it
+    sample = (ROOT / "megatron_moe" / "demo.py").read_text() + " Ünïcödé 日本語   runs  of spaces\t\n"
+    same = tok(sample, verbose=False)["input_ids"] == [spm.bos_id] + spm.encode(sample)
+    print(f"  {type(tok).__name__} loaded from {hf_dir}: {len(spm.encode(sample)) + 1} ids of this file's text, "
+          f"{'the same as' if same else 'DIFFERENT from'} sentencepiece's")
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     ours = load_model(run_dir)
     prompt = "def main("
-    ids = torch.tensor([[tok.bos_id] + tok.encode(prompt)])
+    ids = tok(prompt, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         diff = (model(ids).logits - ours(ids)).abs().max().item()
         gen = model.generate(ids, max_new_tokens=16, do_sample=False)
     print(f"  {type(model).__name__} loaded from {hf_dir} with transformers; max |logits - ours| = {diff:.1e}")
-    print(f"  greedy continuation of {prompt!r}: {tok.decode(gen[0, 1:].tolist())!r}")
+    print(f"  greedy continuation of {prompt!r}: {tok.decode(gen[0], skip_special_tokens=True)!r}")
+    if not same:
+        sys.exit("demo: the exported tokenizer.json tokenizes differently from the run's sentencepiece model")
     if not diff <= 1e-3:  # NaN fails
         sys.exit(f"demo: exported model disagrees with the trained checkpoint (max logit diff {diff:.2e})")
 

@@ -9,10 +9,11 @@ from ..structured import read_json
 
 FORMAT, VERSION = "megatron_moe", 1
 CONFIG, MODEL_DIR, INDEX, LATEST = "config.json", "model", "index.json", "latest"
-# Tokenizer files a checkpoint carries (copied in by import/convert/train, out by export); construction.json
-# is the expert-construction record. Both are carried unchanged by every step that writes a new checkpoint.
+# Tokenizer files a checkpoint carries (copied in by import/convert/train, out by export), with the source model's
+# generation defaults (its special-token ids); construction.json is the expert-construction record. All are
+# carried unchanged by every step that writes a new checkpoint; export writes the missing tokenizer files.
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json")
+                   "added_tokens.json", "generation_config.json")
 CARRIED_FILES = TOKENIZER_FILES + ("construction.json",)
 
 

@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-tokenizer": ("train_tokenizer", "train a small sentencepiece tokenizer"),
     "train": ("train", "train (one process, or one rank under torchrun/srun)"),
     "launch": ("launch", "torchrun with a preflight check and one-line errors"),
-    "evaluate": ("evaluate", "per-domain loss and perplexity"),
+    "evaluate": ("evaluate", "per-domain perplexity, or lm-evaluation-harness tasks"),
     "inspect": ("inspect", "describe a checkpoint without loading tensors"),
     "reshard": ("reshard", "rewrite a checkpoint as saved by a tp x ep layout"),
     "export": ("export", "megatron_moe checkpoint -> HF model directory"),

@@ -86,6 +86,8 @@ class HFTokenizer(Tokenizer):
                                  f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
         self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
         named = _special_tokens_from_config(config_path) if config_path else {}
+        if named.get("split_special_tokens") is True:  # literal special-token text is text (exports of ours)
+            self._tok.encode_special_tokens = True
         self.bos_id = self._find(named.get("bos_token"), _BOS_NAMES)
         if self.bos_id is None:
             raise TokenizerError(f"tokenizer {self.path} has no BOS token (looked for {', '.join(_BOS_NAMES)})")
@@ -106,13 +108,14 @@ class HFTokenizer(Tokenizer):
 
 
 def _special_tokens_from_config(path: Path) -> dict:
-    """bos_token / eos_token strings from a tokenizer_config.json (values may be str or {"content": str})."""
+    """bos_token / eos_token strings from a tokenizer_config.json (values may be str or {"content": str}), and its
+    split_special_tokens flag."""
     if not path.is_file():
         return {}
     from ..structured import read_json
 
     data = read_json(path, expect=dict, error=TokenizerError, what="tokenizer config")
-    out = {}
+    out = {"split_special_tokens": data.get("split_special_tokens")}
     for key in ("bos_token", "eos_token"):
         value = data.get(key)
         if isinstance(value, dict):

@@ -84,14 +84,14 @@ def export_hf(load: str | Path, save: str | Path, fmt: str, dtype: Optional[torc
     from tqdm import tqdm
 
     from ..checkpoint import iter_tensors, read_index, resolve
-    from ..checkpoint.store import copy_tokenizer
-
     from ..checkpoint.verify import verify_checkpoint
+    from .tokenizer_files import tokenizer_files
 
     adapter = export_adapter(fmt)
     ckpt = resolve(load)
     model_cfg, moe_cfg, _ = verify_checkpoint(ckpt)
     adapter.check(model_cfg, moe_cfg)
+    tok_files = tokenizer_files(ckpt, model_cfg)  # checked before any tensor is converted
     out_dtype = dtype or getattr(torch, read_index(ckpt).get("dtype", "float32"))
     dtype_name = str(out_dtype).replace("torch.", "")
     n_tensors = sum(len(v) for v in read_index(ckpt)["parts"].values())
@@ -101,10 +101,9 @@ def export_hf(load: str | Path, save: str | Path, fmt: str, dtype: Optional[torc
             for hf_name, hf_t in adapter.convert(name, t, model_cfg, moe_cfg):
                 w.add(hf_name, hf_t.to(out_dtype))
         w.write_json("config.json", adapter.hf_config(model_cfg, moe_cfg, dtype_name))
-        w.write_json("generation_config.json", {"bos_token_id": model_cfg.bos_token_id,
-                                                "eos_token_id": model_cfg.eos_token_id})
-        copied = copy_tokenizer(ckpt, w)
-    log.info("exported %s as %s to %s (tokenizer files: %s)", ckpt, fmt, save, ", ".join(copied) or "none")
+        tok_files.write(w.tmp)
+    log.info("exported %s as %s to %s (carried: %s; written: %s)", ckpt, fmt, save,
+             ", ".join(tok_files.carried) or "none", ", ".join(tok_files.written) or "none")
     return Path(save)
 
 

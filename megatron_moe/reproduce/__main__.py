@@ -1,4 +1,5 @@
-"""`python -m megatron_moe.reproduce --out DIR [--budget quick|full] [--rows a,b] [--docs DOCS_DIR]`"""
+"""`python -m megatron_moe.reproduce --out DIR [--budget quick|full] [--rows a,b] [--docs DOCS_DIR]
+[--include-path TASK_DIR] [--tasks a,b] [--num-fewshot N] [--limit N]`"""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +21,12 @@ def main(argv=None) -> int:
     p.add_argument("--docs", default=None, help="also copy report.md and the PNGs into this docs directory "
                                                 "(as reproduction.md and images/reproduction_*.png)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--include-path", default=None,
+                   help="a directory of lm-evaluation-harness task YAMLs: add their scores as downstream columns")
+    p.add_argument("--tasks", default=None, help="comma list of harness tasks for the downstream columns "
+                                                 "(default: every task under --include-path)")
+    p.add_argument("--num-fewshot", type=int, default=None, help="downstream: few-shot examples")
+    p.add_argument("--limit", type=float, default=None, help="downstream: examples per task")
     args = p.parse_args(argv)
     setup_logging()
 
@@ -36,7 +43,15 @@ def main(argv=None) -> int:
         if unknown:
             raise UserError(f"unknown row {unknown[0]!r}; rows: {', '.join(ROWS)}")
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
-        res = reproduce(args.out, args.budget, rows)
+        downstream = None
+        if args.include_path or args.tasks:
+            from .downstream import Downstream
+
+            downstream = Downstream(args.include_path, args.tasks.split(",") if args.tasks else None,
+                                    args.num_fewshot, args.limit)
+        elif args.num_fewshot is not None or args.limit is not None:
+            raise UserError("--num-fewshot and --limit go with --include-path or --tasks")
+        res = reproduce(args.out, args.budget, rows, downstream=downstream)
         out = Path(args.out)
         print((out / "report.md").read_text())
         if args.docs:

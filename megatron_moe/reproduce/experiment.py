@@ -115,8 +115,21 @@ def curve(run: Path) -> list:
     return out
 
 
-def run_row(name: str, base: Base, b: Budget, root: Path, refs: dict) -> dict:
-    """The row's result (see the module docstring); cached in <run dir>/result.json."""
+def run_row(name: str, base: Base, b: Budget, root: Path, refs: dict, downstream=None) -> dict:
+    """The row's result (see the module docstring); cached in <run dir>/result.json. With `downstream`
+    (reproduce/downstream.py) its task scores after CPT are added under "downstream" (cached on their own)."""
+    result = _row_result(name, base, b, root, refs)
+    if downstream is not None:
+        from .downstream import scores
+
+        run = Path(result.pop("_run"))
+        result["downstream"] = scores(downstream, run, base.tokenizer, run)
+    else:
+        result.pop("_run")
+    return result
+
+
+def _row_result(name: str, base: Base, b: Budget, root: Path, refs: dict) -> dict:
     from .. import load_model
     from ..memory_plan import count_params
     from ..config import Config
@@ -128,7 +141,7 @@ def run_row(name: str, base: Base, b: Budget, root: Path, refs: dict) -> dict:
         start, seconds, delta = convert_row(name, base, b, root)
     run, cpt_seconds = train_row(name, base, b, root, start, moe_over, data_over, refs)
     if (run / "result.json").is_file():
-        return json.loads((run / "result.json").read_text())
+        return {**json.loads((run / "result.json").read_text()), "_run": str(run)}
     split = load_model(start)
     trained = load_model(run)
     cfg = Config(model=trained.cfg, moe=trained.moe_cfg)
@@ -142,7 +155,7 @@ def run_row(name: str, base: Base, b: Budget, root: Path, refs: dict) -> dict:
         result.update(balance(trained, base, b))
     (run / "result.json").write_text(json.dumps(result, indent=1))
     log.info("row %s: split %s -> after CPT %s", name, _fmt(result["split_loss"]), _fmt(result["cpt_loss"]))
-    return result
+    return {**result, "_run": str(run)}
 
 
 def _fmt(losses: dict) -> str:

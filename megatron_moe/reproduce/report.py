@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..data.local_corpus import LOCAL_DOMAINS
 from .base import ppl
+from .downstream import markdown as downstream_markdown
 
 
 def _smooth(ys: list, width: int) -> list:
@@ -96,7 +97,8 @@ def markdown(res: dict) -> str:
             + " | ".join(_cell(ppl(r['split_loss'][d]), "{:.1f}") for d in doms) + " | "
             + " | ".join(_cell(ppl(r['cpt_loss'][d]), "{:.1f}") for d in doms)
             + f" | {mean:.2f} | {_cell(r.get('max_vio'))} | {_cell(r.get('cv'))} |")
-    return "\n".join(lines) + "\n"
+    extra = downstream_markdown(res)
+    return "\n".join(lines) + "\n" + ("\n" + extra if extra else "")
 
 
 def write(res: dict, out: Path) -> dict:

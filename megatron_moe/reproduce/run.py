@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -14,6 +15,7 @@ import torch
 
 from .base import build_base, model_config, unigram_losses, valid_losses
 from .budget import BUDGETS
+from .downstream import Downstream, scores
 from .experiment import run_row
 from .methods import ROWS
 from .report import write
@@ -38,14 +40,16 @@ def _environment() -> dict:
 
 
 def reproduce(out: str | Path, budget: str = "quick", rows: Optional[Sequence[str]] = None,
-              progress: bool = False) -> dict:
-    """Build (or reuse) the dense base, run every row, write the results; returns results.json's content."""
+              progress: bool = False, downstream: Optional[Downstream] = None) -> dict:
+    """Build (or reuse) the dense base, run every row, write the results; returns results.json's content.
+    `downstream`: also score the dense base and every row on lm-evaluation-harness tasks (reproduce/downstream.py)."""
     from .. import load_model
     from ..memory_plan import count_params
     from ..config import Config
 
     t0 = time.perf_counter()
     b = BUDGETS[budget]
+    tasks = downstream.check() if downstream else None  # bad task options fail before any work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(b.seed)
@@ -58,7 +62,10 @@ def reproduce(out: str | Path, budget: str = "quick", rows: Optional[Sequence[st
            "unigram": unigram_losses(base, b), "rows": []}
     for name in rows or ROWS:
         t = time.perf_counter()
-        res["rows"].append(run_row(name, base, b, out, refs))
+        res["rows"].append(run_row(name, base, b, out, refs, downstream))
         log.info("row %s done in %.0f s", name, time.perf_counter() - t)
+    if downstream:
+        res["downstream"] = {**asdict(downstream), "tasks": tasks}
+        res["base"]["downstream"] = scores(downstream, base.run_dir, base.tokenizer, base.run_dir)
     res["total_minutes"] = (time.perf_counter() - t0) / 60
     return write(res, out)

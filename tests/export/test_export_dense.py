@@ -12,6 +12,16 @@ from megatron_moe.export import ExportError, HFWriter, export_hf
 from megatron_moe.formats.hf_files import HFTensors
 
 
+def _word_level_tokenizer(vocab: int) -> str:
+    """A small real tokenizer.json (LLaMA's special-token ids) that the export must carry unchanged."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, vocab)}}
+    tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tok.to_str()
+
+
 @pytest.fixture(scope="module")
 def dense(tmp_path_factory):
     d = tmp_path_factory.mktemp("dense")
@@ -19,7 +29,7 @@ def dense(tmp_path_factory):
     hf = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                                       num_key_value_heads=2, vocab_size=128, max_position_embeddings=32)).eval()
     hf.save_pretrained(d / "hf")
-    (d / "hf" / "tokenizer.json").write_text('{"fake": true}')
+    (d / "hf" / "tokenizer.json").write_text(_word_level_tokenizer(128))
     ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = hf(ids).logits
@@ -40,7 +50,8 @@ def test_load_model_api_matches_hf(dense):
 def test_export_llama_roundtrip(dense):
     d, ids, want = dense
     out = export_hf(d / "ours", d / "hf_out", "llama")
-    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert (out / "model.safetensors").is_file()
+    assert (out / "tokenizer.json").read_bytes() == (d / "hf" / "tokenizer.json").read_bytes()
     assert not list(d.glob(".hf_out.tmp-*"))
     hf = LlamaForCausalLM.from_pretrained(out).eval()
     with torch.no_grad():

@@ -61,3 +61,37 @@ def test_outputs_and_cache(quick):
     again = reproduce(out, "quick")  # every stage and row is reused: no stage file is written again
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name not in reports} == stages
     assert json.dumps(again["rows"], sort_keys=True) == json.dumps(res["rows"], sort_keys=True)
+
+
+def test_downstream_columns_from_a_task_directory(quick, monkeypatch, tmp_path):
+    """Given a task directory, every row and the dense base get the harness's scores on its tasks, computed
+    in-process from that model's run; rerunning reuses them (CI's reproduction itself stays perplexity-only)."""
+    from pathlib import Path
+
+    import lm_eval.evaluator
+
+    from megatron_moe.analysis.downstream import evaluate_tasks
+    from megatron_moe.reproduce.downstream import Downstream
+
+    out, _, _ = quick
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the task files name their data from the repo root
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    for key in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.setenv(key, "http://127.0.0.1:9")  # offline
+    monkeypatch.setattr(lm_eval.evaluator, "add_env_info", lambda res: None)  # seconds of `pip list` per model
+    spec = Downstream(include_path="tests/evaluate/tasks", tasks=["toy_mc", "toy_cloze"], limit=6)
+    res = reproduce(out, "quick", rows=["random", "upcycle-vg"], downstream=spec)
+    base_run = next(out.glob("dense-*"))
+    for name, run, scored in [("base", base_run, res["base"]["downstream"])] + [
+            (r["row"], next(out.glob(f"cpt-{r['row']}-*")), r["downstream"]) for r in res["rows"]]:
+        want = evaluate_tasks(run, ["toy_mc", "toy_cloze"], include_path=["tests/evaluate/tasks"], limit=6,
+                              tokenizer=next(out.glob("tokenizer-*")) / "tokenizer.model", bootstrap_iters=0,
+                              progress=False)
+        assert scored["toy_mc"]["acc"] == want["results"]["toy_mc"]["acc,none"], name
+        assert scored["toy_cloze"]["perplexity"] == pytest.approx(want["results"]["toy_cloze"]["perplexity,none"])
+    report = (out / "report.md").read_text()
+    assert "| model | toy_mc acc | toy_cloze acc |" in report and "| upcycle-vg |" in report.split("Downstream")[1]
+    assert len(list(out.glob("cpt-*/downstream-*.json"))) == 2 and len(list(out.glob("dense-*/downstream-*.json"))) == 1
+    t0 = time.perf_counter()
+    again = reproduce(out, "quick", rows=["random", "upcycle-vg"], downstream=spec)
+    assert again["base"]["downstream"] == res["base"]["downstream"] and time.perf_counter() - t0 < 60
