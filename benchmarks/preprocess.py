@@ -1,7 +1,7 @@
 """`megatron-moe preprocess` against Megatron-LM's `tools/preprocess_data.py`, measured in the same run.
 
 Driven by tools/benchmark_preprocess.py. Both tools run as child processes on the same JSONL corpus
-(benchmarks/corpus.py) with the same sentencepiece model, at the same `--workers`, alternating which goes
+(data/local_corpus.py `build_mixed_corpus`) with the same sentencepiece model, at the same `--workers`, alternating which goes
 first. For each run: wall time, and CPU time of all its processes (user + system of the child and every
 descendant it waited for, from `os.wait4`), so threads inside a worker count as cost, not speed. Megatron-LM
 runs unmodified from its own checkout, in a scratch directory, with `--tokenizer-type SentencePieceTokenizer`

@@ -6,8 +6,8 @@
     python tools/benchmark_preprocess.py --megatron /work/baselines/Megatron-LM [--mb 100] [--workers 1,2]
         [--repeats 3] [--workdir /tmp/bench_preprocess] [--keep]
 
-It writes a deterministic mixed JSONL corpus of --mb MB from this machine's Python sources and docs, trains a
-32000-piece sentencepiece BPE with LLaMA-2's settings on it (both cached in --workdir), then runs both tools
+It writes a deterministic mixed JSONL corpus of --mb MB from this machine's Python sources and docs
+(data/local_corpus.py `build_mixed_corpus`), trains a 32000-piece sentencepiece BPE with LLaMA-2's settings on it (both cached in --workdir), then runs both tools
 --repeats times per worker count, alternating which goes first, checks that every document is identical token
 for token (ours has a leading BOS, Megatron-LM's SentencePieceTokenizer none), and prints medians: wall time,
 tokens per CPU-second of all processes, and the ratios. Megatron-LM's imports come from this interpreter
@@ -25,7 +25,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import corpus as corpus_mod  # noqa: E402
 from benchmarks import preprocess as bench  # noqa: E402
 
 
@@ -54,11 +53,15 @@ def main(argv=None) -> int:
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     corpus = work / f"corpus_{args.mb}mb.jsonl"
+    from megatron_moe.data.local_corpus import build_mixed_corpus
+    from megatron_moe.data.spm_train import train_sentencepiece_from_files
+
     if not corpus.is_file():
-        corpus_mod.build_mixed_corpus(corpus, args.mb << 20)
+        build_mixed_corpus(corpus, args.mb << 20)
     tok = work / f"spm_llama_style_{args.vocab_size}.model"
     if not tok.is_file():
-        corpus_mod.train_llama_style_spm([corpus], tok, args.vocab_size)
+        train_sentencepiece_from_files([corpus], tok, vocab_size=args.vocab_size, llama_style=True,
+                                       max_sentences=300_000)
     tag = subprocess.run(["git", "describe", "--tags", "--always"], capture_output=True, text=True, cwd=megatron
                          ).stdout.strip()
     docs = sum(1 for _ in open(corpus, "rb"))
