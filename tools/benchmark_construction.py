@@ -92,19 +92,24 @@ def _write_7b_slice(path: Path, layers: int, seed: int = 0, dtype: str = "bf16")
     g = torch.Generator().manual_seed(seed)
     tdt = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     rnd = lambda *shape: (torch.randn(*shape, generator=g) * 0.02).to(tdt)  # noqa: E731
-    weight_map, shards = {}, []
-    shards.append({"model.embed_tokens.weight": rnd(V, D)})
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        shards.append({p + "input_layernorm.weight": torch.ones(D).to(tdt),
-                       p + "post_attention_layernorm.weight": torch.ones(D).to(tdt),
-                       **{p + f"self_attn.{n}_proj.weight": rnd(D, D) for n in "qkvo"},
-                       p + "mlp.gate_proj.weight": rnd(F_d, D), p + "mlp.up_proj.weight": rnd(F_d, D),
-                       p + "mlp.down_proj.weight": rnd(D, F_d)})
-    shards.append({"model.norm.weight": torch.ones(D).to(tdt), "lm_head.weight": rnd(V, D)})
-    total = 0
-    for k, sd in enumerate(shards):
-        name = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+    weight_map, total = {}, 0
+    n_shards = layers + 2
+
+    def shard(i):  # built one at a time: memory stays at one layer
+        if i == 0:
+            return {"model.embed_tokens.weight": rnd(V, D)}
+        if i == n_shards - 1:
+            return {"model.norm.weight": torch.ones(D).to(tdt), "lm_head.weight": rnd(V, D)}
+        p = f"model.layers.{i - 1}."
+        return {p + "input_layernorm.weight": torch.ones(D).to(tdt),
+                p + "post_attention_layernorm.weight": torch.ones(D).to(tdt),
+                **{p + f"self_attn.{n}_proj.weight": rnd(D, D) for n in "qkvo"},
+                p + "mlp.gate_proj.weight": rnd(F_d, D), p + "mlp.up_proj.weight": rnd(F_d, D),
+                p + "mlp.down_proj.weight": rnd(D, F_d)}
+
+    for k in range(n_shards):
+        sd = shard(k)
+        name = f"model-{k + 1:05d}-of-{n_shards:05d}.safetensors"
         save_file(sd, str(path / name))
         total += (path / name).stat().st_size
         weight_map.update({n: name for n in sd})
