@@ -64,8 +64,7 @@ class Tokenizer:
 
 class SentencePieceTokenizer(Tokenizer):
     """A sentencepiece model file (the LLaMA-2 `tokenizer.model` format). `encode_packed` uses the exact
-    segment cache of data/spm_fast.py when the model qualifies (`fast` is then set), else sentencepiece's batch
-    encoder."""
+    segment cache of data/spm_fast.py (`fast`) when the model qualifies, else sentencepiece's batch encoder."""
 
     def __init__(self, path: str):
         import sentencepiece as spm
@@ -84,12 +83,24 @@ class SentencePieceTokenizer(Tokenizer):
             raise TokenizerError(f"tokenizer {self.path} defines no BOS token (bos_id=-1)")
         self.bos_id = bos
         self.eos_id = eos if eos >= 0 else None
-        from .spm_fast import SegmentCachedEncoder
+        self._model, self._fast, self._chars_seen = model, None, 0
 
-        try:
-            self.fast = SegmentCachedEncoder.create(model)
-        except (ValueError, IndexError, UnicodeDecodeError):  # a field layout the wire reader does not know
-            self.fast = None
+    SMALL_INPUT_CHARS = 1 << 16
+    """The first this many characters given to encode_packed go to sentencepiece directly: building the segment
+    cache costs about 0.2 s, which a tiny input would only pay for (the ids are the same either way)."""
+
+    @property
+    def fast(self):
+        """The exact segment cache (data/spm_fast.py), built on first use; None when the model does not qualify."""
+        if self._model is not None:
+            from .spm_fast import SegmentCachedEncoder
+
+            model, self._model = self._model, None
+            try:
+                self._fast = SegmentCachedEncoder.create(model)
+            except (ValueError, IndexError, UnicodeDecodeError):  # a field layout the wire reader does not know
+                self._fast = None
+        return self._fast
 
     def encode(self, text: str) -> list[int]:
         return self._sp.encode(text)
@@ -98,7 +109,8 @@ class SentencePieceTokenizer(Tokenizer):
         return self._sp.encode(list(texts))
 
     def encode_packed(self, texts: list[str], dtype, append_eos: bool = False) -> tuple[bytes, np.ndarray]:
-        if self.fast is None:
+        self._chars_seen += sum(map(len, texts))
+        if (self._model is not None and self._chars_seen < self.SMALL_INPUT_CHARS) or self.fast is None:
             return super().encode_packed(texts, dtype, append_eos)
         if append_eos and self.eos_id is None:
             raise TokenizerError(f"tokenizer {self.path} has no EOS token but append_eos was asked")

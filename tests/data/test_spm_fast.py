@@ -127,3 +127,28 @@ def test_ids_identical_at_llama_size(tmp_path):
     enc = SegmentCachedEncoder.create(path.read_bytes())
     data, lengths = enc.encode_packed(texts, np.uint16)
     assert _unpack(data, lengths, np.uint16) == sp.encode(texts)
+
+
+def test_preprocess_with_llama_style_model_equals_sentencepiece(llama_style, corpus, tmp_path):
+    """Through the command's path: the first 64 Ki characters go to sentencepiece directly, the rest through the
+    segment cache (built on first use), in 1 and 2 worker processes; every document is sentencepiece's ids."""
+    import json
+
+    from megatron_moe.data._mcore import IndexedDataset
+    from megatron_moe.data.preprocess import preprocess_files
+
+    texts = corpus[:150]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    sp = spm.SentencePieceProcessor(model_file=llama_style)
+    want = [[sp.bos_id()] + ids + [sp.eos_id()] for ids in sp.encode([t for t in texts if t.strip()])]
+    assert sum(map(len, texts)) > 4 * (1 << 16)
+    for workers in (1, 2):
+        preprocess_files([src], llama_style, tmp_path / f"w{workers}", workers=workers, chunk_lines=8,
+                         append_eos=True, progress=False)
+        ds = IndexedDataset(str(tmp_path / f"w{workers}"))
+        assert [ds[i].tolist() for i in range(len(ds))] == want
+    tok = load_tokenizer(llama_style)
+    tok.encode_packed(["tiny"], np.uint16)
+    assert tok._fast is None and tok._model is not None  # not built for a tiny input
+    assert tok.fast is not None
