@@ -90,6 +90,10 @@ def _text_of(raw: bytes, fmt: str, text_key: str) -> Optional[str]:
     text = obj[text_key]
     if not isinstance(text, str):
         raise ValueError(f"key {text_key!r} holds {type(text).__name__}, not a string")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # a \ud800-style escape: valid JSON, but no text a tokenizer can take
+        raise ValueError(f"key {text_key!r} holds an unpaired surrogate at character {err.start}") from None
     return text
 
 

@@ -157,6 +157,10 @@ def test_datasetdict_and_null_rows(tmp_path, spm_model, capsys):
         preprocess_files([nulls], spm_model, tmp_path / "n", progress=False)
     stats = preprocess_files([nulls], spm_model, tmp_path / "n", skip_bad_lines=True, progress=False)
     assert (stats.documents, stats.bad_lines) == (2, 1)
+    surrogate = tmp_path / "s.jsonl"  # valid JSON (json.loads takes it), but not text: a bad line, not a traceback
+    surrogate.write_text('{"text": "fine"}\n{"text": "half \\ud800 pair"}\n')
+    with pytest.raises(PreprocessError, match=rf"^{surrogate}:2: key 'text' holds an unpaired surrogate at character 5$"):
+        preprocess_files([surrogate], spm_model, tmp_path / "s", progress=False)
 
 
 def test_writer_bytes_equal_megatron_core_builder(tmp_path):
