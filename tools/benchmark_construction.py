@@ -4,9 +4,9 @@
     # balanced k-means (ours) vs k-means-constrained on a small problem, then ours alone on 11008x4096
     python tools/benchmark_construction.py clustering [--small 2752x1024] [--full 11008x4096] [--experts 16]
 
-    # streaming conversion of a 7B-shaped random checkpoint (HF sharded safetensors, N layers)
-    # vs `cp -r` of the same files: wall time and peak RSS
-    python tools/benchmark_construction.py streaming --layers 8 --workdir /tmp/bench7b
+    # streaming conversion of a LLaMA-2-7B-shaped random bf16 checkpoint (HF sharded safetensors, N layers)
+    # vs `cp -r` + `sync` of the same files, alternating, medians: wall time, CPU time and peak RSS
+    python tools/benchmark_construction.py streaming --layers 16,32 --repeats 3 --workdir /work/bench7b
 """
 from __future__ import annotations
 
@@ -44,7 +44,10 @@ def _rows(n: int, d: int, k: int, seed: int, kind: str) -> torch.Tensor:
 
 
 def _header() -> str:
-    return (f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1]).stdout.strip() or "unknown"
+    return (f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}, "
+            f"{platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}")
 
 
@@ -80,8 +83,8 @@ def bench_clustering(args) -> None:
               f"cluster sizes {int(sizes.min())}..{int(sizes.max())}")
 
 
-def _write_7b_slice(path: Path, layers: int, seed: int = 0) -> int:
-    """HF LLaMA-2-7B-shaped checkpoint with `layers` layers of random fp16 weights, one safetensors
+def _write_7b_slice(path: Path, layers: int, seed: int = 0, dtype: str = "bf16") -> int:
+    """HF LLaMA-2-7B-shaped checkpoint with `layers` layers of random `dtype` weights, one safetensors
     shard per layer (plus embed/final shards) and an index, as HF shards it. Returns bytes written."""
     import json
 
@@ -90,20 +93,26 @@ def _write_7b_slice(path: Path, layers: int, seed: int = 0) -> int:
     D, F_d, V = 4096, 11008, 32000
     path.mkdir(parents=True)
     g = torch.Generator().manual_seed(seed)
-    rnd = lambda *shape: (torch.randn(*shape, generator=g) * 0.02).half()  # noqa: E731
-    weight_map, shards = {}, []
-    shards.append({"model.embed_tokens.weight": rnd(V, D)})
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        shards.append({p + "input_layernorm.weight": torch.ones(D).half(),
-                       p + "post_attention_layernorm.weight": torch.ones(D).half(),
-                       **{p + f"self_attn.{n}_proj.weight": rnd(D, D) for n in "qkvo"},
-                       p + "mlp.gate_proj.weight": rnd(F_d, D), p + "mlp.up_proj.weight": rnd(F_d, D),
-                       p + "mlp.down_proj.weight": rnd(D, F_d)})
-    shards.append({"model.norm.weight": torch.ones(D).half(), "lm_head.weight": rnd(V, D)})
-    total = 0
-    for k, sd in enumerate(shards):
-        name = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+    tdt = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    rnd = lambda *shape: (torch.randn(*shape, generator=g) * 0.02).to(tdt)  # noqa: E731
+    weight_map, total = {}, 0
+    n_shards = layers + 2
+
+    def shard(i):  # built one at a time: memory stays at one layer
+        if i == 0:
+            return {"model.embed_tokens.weight": rnd(V, D)}
+        if i == n_shards - 1:
+            return {"model.norm.weight": torch.ones(D).to(tdt), "lm_head.weight": rnd(V, D)}
+        p = f"model.layers.{i - 1}."
+        return {p + "input_layernorm.weight": torch.ones(D).to(tdt),
+                p + "post_attention_layernorm.weight": torch.ones(D).to(tdt),
+                **{p + f"self_attn.{n}_proj.weight": rnd(D, D) for n in "qkvo"},
+                p + "mlp.gate_proj.weight": rnd(F_d, D), p + "mlp.up_proj.weight": rnd(F_d, D),
+                p + "mlp.down_proj.weight": rnd(D, F_d)}
+
+    for k in range(n_shards):
+        sd = shard(k)
+        name = f"model-{k + 1:05d}-of-{n_shards:05d}.safetensors"
         save_file(sd, str(path / name))
         total += (path / name).stat().st_size
         weight_map.update({n: name for n in sd})
@@ -113,59 +122,90 @@ def _write_7b_slice(path: Path, layers: int, seed: int = 0) -> int:
     (path / "config.json").write_text(json.dumps({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": D, "intermediate_size": F_d,
         "num_hidden_layers": layers, "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": V,
-        "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "torch_dtype": "float16",
+        "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "torch_dtype": {"bf16": "bfloat16", "fp16": "float16"}[dtype],
         "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2}))
     return total
 
 
-def _timed_child(cmd: list) -> tuple[float, float]:
-    """(wall seconds, peak RSS GiB) of a child process (ru_maxrss of the waited-for child)."""
-    import tempfile
-
-    with tempfile.TemporaryFile("w+") as err:
+def _timed_cmds(cmds: list) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, peak RSS GiB of the largest) of commands run one after another."""
+    wall = cpu = rss = 0.0
+    for cmd in cmds:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         _, status, ru = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode:
-            err.seek(0)
-            raise RuntimeError(f"{cmd[0]} failed: {err.read()[-2000:]}")
-    return wall, ru.ru_maxrss / 2 ** 20
+        wall += time.perf_counter() - t0
+        if os.waitstatus_to_exitcode(status):
+            raise RuntimeError(f"{cmd[0]} failed: {proc.stderr.read().decode()[-2000:]}")
+        proc.stderr.close()
+        cpu += ru.ru_utime + ru.ru_stime
+        rss = max(rss, ru.ru_maxrss / 2 ** 20)
+    return wall, cpu, rss
 
 
 def bench_streaming(args) -> None:
+    """Convert (random, E experts) against `cp -r` + `sync` of the same files, alternating, medians of --repeats.
+    convert makes its output durable (fsync at commit), so cp + sync is the fair baseline."""
+    import statistics
+
     print(_header())
     work = Path(args.workdir)
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     tool = str(Path(__file__).resolve().parent / "convert_llama_to_moe.py")
+    rows = []
     try:
         for layers in [int(x) for x in str(args.layers).split(",")]:
+            need = (2 * 2 ** 30 + layers * 404 * 2 ** 20) * 2  # source + one output at a time, bf16
+            free = shutil.disk_usage(work).free
+            if free < need * 1.1:
+                print(f"{layers} layers: skipped, needs {need / 2**30:.0f} GiB free on {work}, "
+                      f"{free / 2**30:.0f} GiB are")
+                continue
             src = work / f"dense_{layers}"
             t0 = time.perf_counter()
             # in a child: the parent's RSS must stay small, because a spawned child's ru_maxrss starts at
             # the parent's high-water mark on Linux (exec records the old mm's peak)
-            subprocess.run([sys.executable, __file__, "make-slice", str(src), str(layers)], check=True)
+            subprocess.run([sys.executable, __file__, "make-slice", str(src), str(layers), "--dtype", args.dtype],
+                           check=True)
             size = sum(f.stat().st_size for f in src.iterdir())
-            print(f"{layers} layers: wrote {size / 2 ** 30:.2f} GiB of HF shards in {time.perf_counter() - t0:.0f} s")
+            print(f"{layers} layers: wrote {size / 2 ** 30:.2f} GiB of {args.dtype} HF shards in "
+                  f"{time.perf_counter() - t0:.0f} s")
             subprocess.run(["sync"], check=False)
-            t_cp, rss_cp = _timed_child(["cp", "-r", str(src), str(work / "copy")])
-            t_sync = time.perf_counter()
-            subprocess.run(["sync"], check=False)  # convert makes its output durable; a fair copy does too
-            t_sync = time.perf_counter() - t_sync
-            t_cv, rss_cv = _timed_child([sys.executable, tool, "--load", str(src), "--save", str(work / "moe"),
-                                         "--num-experts", str(args.experts), "--top-k", "4", "--method", "random",
-                                         "--no-progress"])
-            print(f"  cp -r: {t_cp:.1f} s (+ sync {t_sync:.1f} s) | convert (random, {args.experts} experts): "
-                  f"{t_cv:.1f} s, peak RSS {rss_cv:.2f} GiB | time ratio convert/cp {t_cv / t_cp:.2f}, "
-                  f"convert/(cp+sync) {t_cv / (t_cp + t_sync):.2f}")
-            for d in (src, work / "copy", work / "moe"):
-                shutil.rmtree(d, ignore_errors=True)
+            cp, cv = [], []
+            convert = [sys.executable, tool, "--load", str(src), "--save", str(work / "moe"), "--num-experts",
+                       str(args.experts), "--top-k", "4", "--method", "random", "--no-progress"]
+            for r in range(args.repeats):
+                for who in (("cp", "convert") if r % 2 == 0 else ("convert", "cp")):
+                    if who == "cp":
+                        t_cp = _timed_cmds([["cp", "-r", str(src), str(work / "copy")]])
+                        t_sync = _timed_cmds([["sync"]])
+                        cp.append((t_cp[0] + t_sync[0], t_cp[0], t_sync[0], t_cp[1] + t_sync[1]))
+                        shutil.rmtree(work / "copy")
+                        print(f"  repeat {r + 1}: cp -r {t_cp[0]:.1f} s + sync {t_sync[0]:.1f} s "
+                              f"({t_cp[1] + t_sync[1]:.1f} s CPU)")
+                    else:
+                        cv.append(_timed_cmds([convert]))
+                        shutil.rmtree(work / "moe")
+                        print(f"  repeat {r + 1}: convert {cv[-1][0]:.1f} s ({cv[-1][1]:.1f} s CPU), "
+                              f"peak RSS {cv[-1][2]:.2f} GiB")
+                    subprocess.run(["sync"], check=False)  # nothing of one run is flushed during the next
+            med = lambda xs, i: statistics.median(x[i] for x in xs)  # noqa: E731
+            rows.append((layers, size, med(cp, 1), med(cp, 2), med(cp, 0), med(cv, 0), med(cv, 0) / med(cp, 0),
+                         max(x[2] for x in cv), med(cp, 3), med(cv, 1)))
+            shutil.rmtree(src)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    print(f"medians of {args.repeats} alternating repeats")
+    print("| layers | dense size | cp -r | sync | cp + sync | convert | convert / (cp + sync) | convert peak RSS | "
+          "CPU: cp + sync / convert |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for layers, size, c, sy, cs, cv_, ratio, rss, cpu_cp, cpu_cv in rows:
+        print(f"| {layers} | {size / 2**30:.2f} GiB | {c:.1f} s | {sy:.1f} s | {cs:.1f} s | {cv_:.1f} s | "
+              f"{ratio:.2f}× | {rss:.2f} GiB | {cpu_cp:.1f} s / {cpu_cv:.1f} s |")
 
 
 def main(argv=None) -> int:
@@ -181,15 +221,18 @@ def main(argv=None) -> int:
     c.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("streaming", help="convert a 7B-shaped random checkpoint vs cp -r")
     s.add_argument("--workdir", default="/tmp/bench_construction")
-    s.add_argument("--layers", default="8", help="comma list, e.g. 4,8 (peak RSS should stay flat)")
+    s.add_argument("--layers", default="16,32", help="comma list (peak RSS should stay flat); 32 = LLaMA-2-7B")
     s.add_argument("--experts", type=int, default=16)
+    s.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
+    s.add_argument("--repeats", type=int, default=3, help="alternating cp / convert pairs; medians are reported")
     s.add_argument("--keep", action="store_true", help="keep the generated files")
     m = sub.add_parser("make-slice", help=argparse.SUPPRESS)
     m.add_argument("path")
     m.add_argument("layers", type=int)
+    m.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
     args = p.parse_args(argv)
     if args.cmd == "make-slice":
-        _write_7b_slice(Path(args.path), args.layers)
+        _write_7b_slice(Path(args.path), args.layers, dtype=args.dtype)
         return 0
     {"clustering": bench_clustering, "streaming": bench_streaming}[args.cmd](args)
     return 0

@@ -88,25 +88,57 @@ def copy_tokenizer(src_dir: str | Path, writer) -> list[str]:
 
 class CheckpointWriter(StagedWriter):
     """Write a checkpoint part by part into a temporary directory and rename it to `save_dir` when complete
-    (megatron_moe.atomic.StagedWriter); on any failure nothing is left behind."""
+    (megatron_moe.atomic.StagedWriter); on any failure nothing is left behind.
 
-    def __init__(self, save_dir: str | Path, config: dict, overwrite: bool = False):
+    `background=True` (streaming converters): a part is written by one writer thread while the caller computes
+    the next one; at most one part is in flight (add_part waits for the previous write), so memory stays flat.
+    The caller must not modify a tensor after handing it to add_part. A failed write is raised by the next
+    add_part or at commit; abort waits for the write before removing the directory."""
+
+    def __init__(self, save_dir: str | Path, config: dict, overwrite: bool = False, background: bool = False):
         super().__init__(save_dir, overwrite)
         (self.tmp / MODEL_DIR).mkdir()
         self.config, self.parts, self.dtype = config, {}, None
+        self._pool = None
+        if background:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-writer")
+        self._pending = None
 
     def add_part(self, part: str, tensors: dict[str, torch.Tensor]) -> None:
         if part in self.parts:
             raise ValueError(f"part {part!r} written twice")
         tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
-        dcp_save(tensors, self.tmp / MODEL_DIR / part, no_dist=True, sync_files=False, threads=2)  # OS writes back
-        # in the background while the next part is computed; the commit flushes everything once
+        # OS writes back in the background while the next part is computed; the commit flushes everything once
+        if self._pool is None:
+            dcp_save(tensors, self.tmp / MODEL_DIR / part, no_dist=True, sync_files=False, threads=2)
+        else:
+            self._wait()
+            self._pending = self._pool.submit(dcp_save, tensors, self.tmp / MODEL_DIR / part, True, False, 1)
         self.parts[part] = sorted(tensors)
         self.dtype = self.dtype or str(next(iter(tensors.values())).dtype).replace("torch.", "")
 
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()  # re-raises the writer thread's error here
+
     def finish(self) -> None:
+        self._wait()
+        if self._pool is not None:
+            self._pool.shutdown()
         self.write_json(f"{MODEL_DIR}/{INDEX}", {"parts": self.parts, "dtype": self.dtype})
         self.write_json(CONFIG, self.config)
+
+    def abort(self) -> None:
+        if self._pool is not None:
+            try:
+                self._wait()
+            except BaseException:  # the write's own error is secondary to the one being handled
+                pass
+            self._pool.shutdown()
+        super().abort()
 
 
 def iter_tensors(path: str | Path, names: Optional[Iterable[str]] = None,

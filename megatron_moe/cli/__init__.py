@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import": ("import_dense", "dense LLaMA-family checkpoint (HF or Meta) -> megatron_moe checkpoint"),
     "import-llama-moe": ("import_llama_moe", "LLaMA-MoE v1 HF checkpoint -> megatron_moe checkpoint"),
     "convert": ("convert", "split a dense model's FFNs into experts (LLaMA-MoE stage 1)"),
-    "preprocess": ("preprocess", "tokenize jsonl/txt into a megatron indexed dataset"),
+    "preprocess": ("preprocess", "tokenize jsonl/txt/parquet/datasets (plain or compressed) into an indexed dataset"),
     "train-tokenizer": ("train_tokenizer", "train a small sentencepiece tokenizer"),
     "train": ("train", "train (one process, or one rank under torchrun/srun)"),
     "launch": ("launch", "torchrun with a preflight check and one-line errors"),

@@ -248,7 +248,7 @@ def convert_dense_to_moe(load: str | Path, save: str | Path, o: ConvertOptions, 
               "source_format": detect_format(load), "layers": {}}
     assignments = {}
     extra = {"construction": {"method": o.method, "seed": o.seed, "source": str(load)}}
-    with CheckpointWriter(save, config_dict(cfg, moe, extra)) as w:
+    with CheckpointWriter(save, config_dict(cfg, moe, extra), background=True) as w:
         w.add_part("embed", {"embed.weight": cast(reader.get("embed.weight"))})
         _release(reader)
         for i in tqdm(range(cfg.num_layers), desc=f"convert ({o.method})", unit="layer", disable=not progress):

@@ -22,7 +22,7 @@ def import_dense(load: str | Path, save: str | Path, dtype: Optional[torch.dtype
     parts: dict[str, list[str]] = {}
     for n in reader.names():
         parts.setdefault(part_of(n), []).append(n)
-    with CheckpointWriter(save, config_dict(cfg, MoEConfig(), {"source": str(load)})) as w:
+    with CheckpointWriter(save, config_dict(cfg, MoEConfig(), {"source": str(load)}), background=True) as w:
         for part, names in tqdm(parts.items(), desc="import", unit="part", disable=not progress):
             w.add_part(part, {n: reader.get(n).to(dtype or torch.float32) for n in names})
         copy_tokenizer(load, w)

@@ -14,6 +14,12 @@ installed packages (this interpreter's site-packages), every document deduplicat
 - "docs":        the long descriptions of installed distributions (`*.dist-info/METADATA` bodies, Markdown or
                  reST), `.md`/`.rst` files shipped inside packages, and the `pydoc_data.topics` help texts.
 Each domain stops at `max_bytes`; the order is a seeded shuffle of the sorted file list.
+
+Mixed (one file, `build_mixed_corpus`; the preprocessing benchmark and the tokenizer equivalence tests): short
+documents that stress tokenizers (`EDGE_CASE_DOCUMENTS`: whitespace runs, mixed scripts, emoji, control
+characters), then whole `.py`, `.rst`, `.txt` and `.md` files of the standard library and of this interpreter's
+site-packages (the venv built from requirements/*.lock, so the same lock gives the same files), in a seeded order
+of the sorted file list, up to a byte budget of JSONL.
 """
 from __future__ import annotations
 
@@ -184,3 +190,63 @@ def build_local_corpus(out_dir: str | Path, max_bytes: dict[str, int], seed: int
         log.info("local corpus %s: %d documents, %.1f MB", domain, len(texts[domain]),
                  sum(len(t.encode()) for t in texts[domain]) / 1e6)
     return paths
+
+
+EDGE_CASE_DOCUMENTS = [
+    "    indented\n\t\ttabs\n\n\n\nblank lines   trailing   \n",
+    " leading space", "  two leading spaces", "trailing space ", "x" + " " * 37 + "y",
+    "Grüße aus Köln — naïve café, señor; Ελληνικά; русский текст; עברית; العربية",
+    "日本語のテキストと中文文本，한국어 텍스트。", "emoji 🙂🚀👩‍👩‍👧 and flags 🇩🇪🇯🇵",
+    "numbers 1234567890 3.14159 1e-10 0xdeadBEEF 2026-12-07", "\u00a0non-breaking\u2009thin\u3000ideographic",
+    "zero\u200bwidth\u200djoiner\ufeffbom", "control \x00\x01\x02\x7f chars", "a\r\nwindows\r\nlines\r\n",
+    "=" * 80, "-" * 33 + "+" + "-" * 17, "a" * 31 + "b", "ab" * 10 + "a",
+    "▁ literal metaspace ▁▁ and <s> </s> <unk> as text", "\\u00e9 escaped in text, \"quotes\" and 'apostrophes'",
+]
+"""Short documents that exercise tokenizer edge cases."""
+
+
+def _mixed_files(max_bytes: int = 512_000) -> list[Path]:
+    stdlib, purelib = Path(sysconfig.get_paths()["stdlib"]), Path(sysconfig.get_paths()["purelib"])
+    out = []
+    for root in (stdlib, purelib):
+        for p in sorted(root.rglob("*")):
+            rel = p.relative_to(root).parts
+            if root == stdlib and rel and rel[0] == "site-packages":
+                continue
+            if p.suffix in (".py", ".rst", ".txt", ".md") and p.is_file() and 0 < p.stat().st_size <= max_bytes:
+                out.append(p)
+    return out
+
+
+def iter_mixed_documents(seed: int = 1227) -> Iterator[str]:
+    """EDGE_CASE_DOCUMENTS, then the mixed corpus's files (see the module doc)."""
+    import random
+
+    files = _mixed_files()
+    random.Random(seed).shuffle(files)
+    yield from EDGE_CASE_DOCUMENTS
+    for p in files:
+        text = _read(p)
+        if text.strip():
+            yield text
+
+
+def build_mixed_corpus(path: str | Path, target_bytes: int, seed: int = 1227) -> Path:
+    """Write the mixed corpus as JSONL (fields "text", "id") until it holds `target_bytes`; returns the path.
+    Raises FileNotFoundError when this machine has less text than that."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    size = 0
+    with open(tmp, "w", encoding="utf-8") as f:
+        for i, text in enumerate(iter_mixed_documents(seed)):
+            line = json.dumps({"text": text, "id": i}, ensure_ascii=False) + "\n"
+            f.write(line)
+            size += len(line.encode("utf-8"))
+            if size >= target_bytes:
+                break
+    if size < target_bytes:
+        tmp.unlink()
+        raise FileNotFoundError(f"only {size} bytes of text found on this machine, {target_bytes} asked")
+    os.replace(tmp, path)
+    return path

@@ -1,20 +1,28 @@
-"""Tokenize jsonl / txt files into one megatron-core indexed dataset (`PREFIX.bin` + `PREFIX.idx`).
+"""Tokenize corpora (jsonl / txt, plain or compressed; parquet; saved HF datasets) into one megatron-core
+indexed dataset (`PREFIX.bin` + `PREFIX.idx`).
 
-    stats = preprocess_files(["a.jsonl"], "tok.model", "out/a", workers=4, append_eos=False)
+    stats = preprocess_files(["a.jsonl.zst", "shards/*.parquet"], "tok.model", "out/a", workers=4)
 
-- Each document becomes one sequence: BOS + tokens (+ EOS with `append_eos`), written with megatron-core's
-  `IndexedDatasetBuilder` (uint16 when the vocabulary fits, else int32) and readable by `IndexedDataset`.
-- jsonl: one JSON object per line, text under `text_key`. txt: one document per non-empty line.
-  Blank lines are ignored; documents whose text is empty are skipped and counted.
-- Streaming and multi-process: lines go to a `multiprocessing.Pool` in chunks; at most a few chunks per
-  worker are in flight and results are consumed in input order, so memory stays flat and the output is
-  byte-identical for any worker count.
-- Bad lines (malformed JSON, not an object, missing key, non-string text, invalid UTF-8) raise
-  `PreprocessError("FILE:LINE: ...")`, or with `skip_bad_lines` are skipped and counted in the stats.
+- Inputs (data/sources.py): files, globs and directories of shards, in the order given and sorted within a glob
+  or directory; decompression streams (gzip, zstandard, lzma), nothing is decompressed to disk.
+- Each document becomes one sequence: BOS + tokens (+ EOS with `append_eos`), uint16 when the vocabulary fits,
+  else int32, in megatron-core's format (written by data/indexed_writer.py, readable by `IndexedDataset`).
+- jsonl: one JSON object per line, text under `text_key`; txt: one document per non-empty line; parquet and
+  saved datasets: the column `text_key`. Blank lines are ignored; documents whose text is empty are skipped and
+  counted.
+- Streaming and multi-process: this process reads (and decompresses) the shards and hands work units of
+  `chunk_lines` lines or rows to a pool of `workers` tokenizer processes, across shard boundaries; at most a few
+  units per worker are in flight and results are written in input order, so memory stays flat and the output is
+  byte-identical for any worker count. With `workers == 1` everything runs in this process.
+- Tokenizing: sentencepiece models that qualify use the exact segment cache of data/spm_fast.py; JSON lines are
+  parsed with orjson (a line it rejects is parsed again with `json` for the error message).
+- Bad lines (malformed JSON, not an object, missing key, non-string text, invalid UTF-8, a null value) raise
+  `PreprocessError("FILE:LINE: ...")` (parquet / Arrow: `FILE:row N: ...`), or with `skip_bad_lines` are skipped
+  and counted. Bad files (corrupt or truncated compressed data, no such column) always raise, naming the file.
 - Output: an existing dataset at the prefix is refused unless `overwrite`. Both files are written under temporary
   names; then (overwrite only) the old PREFIX.idx is removed, PREFIX.bin is renamed into place and PREFIX.idx
   last, so a reader sees the complete new pair or no dataset, never a new .bin with an old .idx (readers also
-  check that the pair's sizes agree, data/indexed.py). On error the temporaries are removed.
+  check that the pair's sizes agree, data/indexed.py). On error or interruption the temporaries are removed.
 """
 from __future__ import annotations
 
@@ -29,21 +37,13 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
-from megatron_moe.data._mcore import DType, IndexedDatasetBuilder, get_bin_path, get_idx_path
-from megatron_moe.data.tokenizer import Tokenizer, load_tokenizer
-from megatron_moe.atomic import check_output, fsync_dir, fsync_file
-from megatron_moe.errors import UserError
+from ..atomic import check_output, fsync_dir, fsync_file
+from .indexed_writer import IndexedWriter, optimal_dtype
+from .sources import FORMATS, PreprocessError, Shard, expand_inputs, read_shard  # noqa: F401 (re-exported)
+from .tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
-
-FORMATS = ("auto", "jsonl", "txt")
-
-
-class PreprocessError(UserError, ValueError):
-    """Input that cannot be tokenized; the message is one line naming the file (and line)."""
 
 
 @dataclass
@@ -56,17 +56,19 @@ class PreprocessStats:
     seconds: float = 0.0
 
 
-# Worker side: one tokenizer per process, built by the pool initializer (or directly when workers == 1).
+# Worker side: one tokenizer per process (inherited through fork, else built by the pool initializer).
 _TOKENIZER: Optional[Tokenizer] = None
 
 
 def _init_worker(tokenizer_path: str) -> None:
     global _TOKENIZER
-    _TOKENIZER = load_tokenizer(tokenizer_path)
+    if _TOKENIZER is None or _TOKENIZER.path != tokenizer_path:
+        _TOKENIZER = load_tokenizer(tokenizer_path)
 
 
 def _text_of(raw: bytes, fmt: str, text_key: str) -> Optional[str]:
-    """The document text of one input line, None for a blank line; raises ValueError describing a bad line."""
+    """The document text of one input line, None for a blank line; raises ValueError describing a bad line.
+    The reference path: the fast path below falls back to it for every line it cannot take as is."""
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -88,74 +90,90 @@ def _text_of(raw: bytes, fmt: str, text_key: str) -> Optional[str]:
     text = obj[text_key]
     if not isinstance(text, str):
         raise ValueError(f"key {text_key!r} holds {type(text).__name__}, not a string")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # a \ud800-style escape: valid JSON, but no text a tokenizer can take
+        raise ValueError(f"key {text_key!r} holds an unpaired surrogate at character {err.start}") from None
     return text
 
 
-def _encode_chunk(task: tuple) -> list:
-    """Encode one chunk of lines. Each entry: token array, "" for an empty document, None for a blank
-    line, or an error message 'FILE:LINE: ...' (str)."""
-    path, fmt, first_line, lines, text_key, append_eos = task
-    out: list = []
+def _texts_of_lines(lines: list, fmt: str, text_key: str, path: str, first: int):
+    """(texts, errors 'FILE:LINE: ...') of raw lines; blank lines dropped."""
+    import orjson
+
+    texts, errors = [], []
     for i, raw in enumerate(lines):
+        if fmt == "jsonl":
+            try:
+                obj = orjson.loads(raw)
+                text = obj[text_key] if type(obj) is dict else None
+            except (orjson.JSONDecodeError, KeyError):
+                text = None
+            if type(text) is str:
+                texts.append(text)
+                continue
         try:
             text = _text_of(raw, fmt, text_key)
         except ValueError as err:
-            out.append(f"{path}:{first_line + i}: {err}")
+            errors.append(f"{path}:{first + i}: {err}")
             continue
-        if text is None:
-            out.append(None)
-        elif not text.strip():
-            out.append("")
-        else:
-            out.append(np.asarray(_TOKENIZER.encode_document(text, append_eos), dtype=np.int32))
-    return out
+        if text is not None:
+            texts.append(text)
+    return texts, errors
 
 
-def _chunks(paths: Sequence[Path], fmts: Sequence[str], chunk_lines: int, text_key: str,
-            append_eos: bool) -> Iterator[tuple[tuple, int]]:
-    """(task, number of bytes) per chunk of `chunk_lines` lines, streaming through the files in order."""
-    for path, fmt in zip(paths, fmts):
-        with open(path, "rb") as f:
-            buf: list[bytes] = []
-            first, nbytes = 1, 0
-            for number, raw in enumerate(f, 1):
-                if not buf:
-                    first = number
-                buf.append(raw)
-                nbytes += len(raw)
-                if len(buf) >= chunk_lines:
-                    yield (str(path), fmt, first, buf, text_key, append_eos), nbytes
-                    buf, nbytes = [], 0
-            if buf:
-                yield (str(path), fmt, first, buf, text_key, append_eos), nbytes
+def _encode_task(task: tuple) -> tuple[bytes, np.ndarray, list, int]:
+    """Encode one work unit: (token bytes, tokens per document, error messages in order, empty documents)."""
+    path, kind, first, payload, text_key, append_eos, dtype = task
+    if kind in ("jsonl", "txt"):
+        texts, errors = _texts_of_lines(payload, kind, text_key, path, first)
+    else:
+        texts, errors = [], []
+        for i, text in enumerate(payload):
+            if text is None:
+                errors.append(f"{path}:row {first + i}: {text_key!r} is null")
+            else:
+                texts.append(text)
+    kept = [t for t in texts if t and not t.isspace()]
+    data, lengths = _TOKENIZER.encode_packed(kept, np.dtype(dtype), append_eos)
+    return data, lengths, errors, len(texts) - len(kept)
 
 
-def _ordered_results(tasks: Iterator[tuple[tuple, int]], workers: int, tokenizer_path: str,
-                     ahead_per_worker: int = 4) -> Iterator[tuple[list, int]]:
-    """Encoded chunks in input order; with workers > 1 a Pool with at most workers*ahead chunks in flight."""
+def _tasks(shards: Sequence[Shard], chunk: int, text_key: str, append_eos: bool,
+           dtype: str) -> Iterator[tuple[Optional[tuple], int]]:
+    """(task or None, bytes of input consumed) per work unit, streaming through the shards in order."""
+    for shard in shards:
+        for payload, first, nbytes in read_shard(shard, text_key, chunk):
+            task = (str(shard.path), shard.kind, first, payload, text_key, append_eos, dtype) if payload else None
+            yield task, nbytes
+
+
+def _ordered_results(tasks: Iterator[tuple[Optional[tuple], int]], workers: int, tokenizer_path: str,
+                     ahead_per_worker: int = 4) -> Iterator[tuple[Optional[tuple], int]]:
+    """Encoded units in input order; with workers > 1 a Pool with at most workers*ahead units in flight."""
     if workers <= 1:
         for task, nbytes in tasks:
-            yield _encode_chunk(task), nbytes
+            yield (_encode_task(task) if task else None), nbytes
         return
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer_path,)) as pool:
         pending: collections.deque = collections.deque()
         for task, nbytes in tasks:
-            pending.append((pool.apply_async(_encode_chunk, (task,)), nbytes))
-            if len(pending) >= workers * ahead_per_worker:
+            pending.append((pool.apply_async(_encode_task, (task,)) if task else None, nbytes))
+            while len(pending) >= workers * ahead_per_worker or (pending and pending[0][0] is None):
                 result, n = pending.popleft()
-                yield result.get(), n
+                yield (result.get() if result is not None else None), n
         while pending:
             result, n = pending.popleft()
-            yield result.get(), n
+            yield (result.get() if result is not None else None), n
 
 
-def _input_format(path: Path, input_format: str) -> str:
-    if input_format not in FORMATS:
-        raise PreprocessError(f"input format {input_format!r} is not one of {', '.join(FORMATS)}")
-    if input_format != "auto":
-        return input_format
-    return "jsonl" if path.suffix in (".jsonl", ".json", ".ndjson") else "txt"
+def _progress_bar(total: int, name: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc=name, mininterval=0.5)
 
 
 def preprocess_files(inputs: Sequence[str | Path], tokenizer: str | Path, output_prefix: str | Path,
@@ -163,73 +181,70 @@ def preprocess_files(inputs: Sequence[str | Path], tokenizer: str | Path, output
                      append_eos: bool = False, skip_bad_lines: bool = False, chunk_lines: int = 128,
                      progress: bool = True, overwrite: bool = False) -> PreprocessStats:
     """Tokenize `inputs` (in order) into the indexed dataset `output_prefix`.{bin,idx}; see the module doc."""
-    paths = [Path(p) for p in inputs]
-    if not paths:
-        raise PreprocessError("no input files given")
-    for p in paths:
-        if not p.is_file():
-            raise PreprocessError(f"input {p} does not exist or is not a file")
-    fmts = [_input_format(p, input_format) for p in paths]
+    shards = expand_inputs(inputs, input_format)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one thread per worker: --workers is the parallelism
     _init_worker(str(tokenizer))  # fails fast on a bad tokenizer; also the tokenizer for workers == 1
     tok = _TOKENIZER
     if append_eos and tok.eos_id is None:
         raise PreprocessError(f"tokenizer {tokenizer} has no EOS token but --append-eos was given")
     prefix = str(output_prefix)
-    existing = [p for p in (get_bin_path(prefix), get_idx_path(prefix)) if os.path.exists(p)]
+    bin_path, idx_path = prefix + ".bin", prefix + ".idx"
+    inputs_resolved = {s.path.resolve() for s in shards}
+    for out in (bin_path, idx_path):
+        if Path(out).resolve() in inputs_resolved:
+            raise PreprocessError(f"output {out} is also an input; choose another --save prefix")
+    existing = [p for p in (bin_path, idx_path) if os.path.exists(p)]
     if existing and not overwrite:
         raise PreprocessError(f"{existing[0]} already exists; choose another --save prefix or pass --overwrite")
-    check_output(prefix + ".bin", overwrite=True)  # the directory is writable (or can be created)
+    check_output(bin_path, overwrite=True)  # the directory is writable (or can be created)
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{prefix}.tmp-{os.getpid()}"
     stats = PreprocessStats(output_prefix=prefix)
-    total_bytes = sum(p.stat().st_size for p in paths)
+    dtype = optimal_dtype(tok.vocab_size)
     start = time.perf_counter()
-    builder = IndexedDatasetBuilder(get_bin_path(tmp), dtype=DType.optimal_dtype(tok.vocab_size))
+    writer = IndexedWriter(tmp + ".bin", dtype)
     finished = False
+    bar = _progress_bar(sum(s.path.stat().st_size for s in shards), Path(prefix).name, progress)
     try:
-        with tqdm(total=total_bytes, unit="B", unit_scale=True, disable=not progress, desc=Path(prefix).name,
-                  mininterval=0.5) as bar:
-            tasks = _chunks(paths, fmts, chunk_lines, text_key, append_eos)
-            for encoded, nbytes in _ordered_results(tasks, workers, str(tokenizer)):
-                for item in encoded:
-                    if item is None:
-                        continue
-                    if isinstance(item, str):
-                        if item == "":
-                            stats.empty_documents += 1
-                            continue
-                        if not skip_bad_lines:
-                            raise PreprocessError(item)
-                        stats.bad_lines += 1
-                        if stats.bad_lines <= 5:
-                            log.warning("skipping bad line %s", item)
-                        continue
-                    builder.add_item(torch.from_numpy(item))
-                    builder.end_document()
-                    stats.documents += 1
-                    stats.tokens += int(item.size)
+        tasks = _tasks(shards, chunk_lines, text_key, append_eos, dtype.str)
+        for result, nbytes in _ordered_results(tasks, workers, str(tokenizer)):
+            if result is not None:
+                data, lengths, errors, empty = result
+                if errors and not skip_bad_lines:
+                    raise PreprocessError(errors[0])
+                for message in errors:
+                    stats.bad_lines += 1
+                    if stats.bad_lines <= 5:
+                        log.warning("skipping bad line %s", message)
+                stats.empty_documents += empty
+                if len(lengths):
+                    writer.add_documents(data, lengths)
+                    stats.documents += len(lengths)
+                    stats.tokens += int(lengths.sum())
+            if bar is not None:
                 bar.update(nbytes)
                 elapsed = max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix_str(f"{stats.documents / elapsed:.0f} docs/s, {stats.tokens / elapsed:.0f} tok/s",
                                     refresh=False)
         if stats.documents == 0:
-            names = ", ".join(str(p) for p in paths)
+            names = ", ".join(str(p) for p in inputs)
             raise PreprocessError(f"{names}: empty input (no documents"
                                   + (f"; {stats.bad_lines} bad lines skipped)" if stats.bad_lines else ")"))
-        builder.finalize(get_idx_path(tmp))
-        for path in (get_bin_path(tmp), get_idx_path(tmp)):
+        writer.finalize(tmp + ".idx")
+        for path in (tmp + ".bin", tmp + ".idx"):
             fsync_file(path)
-        if os.path.exists(get_idx_path(prefix)):
-            os.remove(get_idx_path(prefix))          # the old pair stops being a dataset first
-        os.replace(get_bin_path(tmp), get_bin_path(prefix))
-        os.replace(get_idx_path(tmp), get_idx_path(prefix))  # the commit point
+        if os.path.exists(idx_path):
+            os.remove(idx_path)          # the old pair stops being a dataset first
+        os.replace(tmp + ".bin", bin_path)
+        os.replace(tmp + ".idx", idx_path)  # the commit point
         fsync_dir(Path(prefix).parent)
         finished = True
     finally:
-        if not builder.data_file.closed:
-            builder.data_file.close()
+        if bar is not None:
+            bar.close()
+        writer.close()
         if not finished:
-            for path in (get_bin_path(tmp), get_idx_path(tmp)):
+            for path in (tmp + ".bin", tmp + ".idx"):
                 if os.path.exists(path):
                     os.remove(path)
     stats.seconds = time.perf_counter() - start

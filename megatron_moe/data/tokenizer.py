@@ -2,6 +2,7 @@
 
     tok = load_tokenizer("tokenizer.model")      # or "hf_dir/" or "hf_dir/tokenizer.json"
     ids = tok.encode("text")                     # no BOS/EOS; callers add them (see `encode_document`)
+    data, lengths = tok.encode_packed(texts, np.uint16)   # many documents as token bytes (preprocessing)
     tok.bos_id, tok.eos_id, tok.vocab_size
 
 A path that does not exist or cannot be parsed raises `TokenizerError` with one line naming the path.
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
+
+import numpy as np
 
 from ..errors import UserError
 
@@ -45,16 +48,31 @@ class Tokenizer:
             ids.append(self.eos_id)
         return ids
 
+    def _document_ids(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def encode_packed(self, texts: list[str], dtype, append_eos: bool = False) -> tuple[bytes, np.ndarray]:
+        """Documents as `encode_document` makes them, back to back as bytes of `dtype`, and their lengths."""
+        if append_eos and self.eos_id is None:
+            raise TokenizerError(f"tokenizer {self.path} has no EOS token but append_eos was asked")
+        tail = [self.eos_id] if append_eos else []
+        docs = [np.asarray([self.bos_id] + ids + tail, dtype=dtype) for ids in self._document_ids(texts)]
+        lengths = np.array([len(d) for d in docs], dtype=np.int64)
+        return (np.concatenate(docs).tobytes() if docs else b""), lengths
+
 
 class SentencePieceTokenizer(Tokenizer):
-    """A sentencepiece model file (the LLaMA-2 `tokenizer.model` format)."""
+    """A sentencepiece model file (the LLaMA-2 `tokenizer.model` format). `encode_packed` uses the exact
+    segment cache of data/spm_fast.py (`fast`) when the model qualifies, else sentencepiece's batch encoder."""
 
     def __init__(self, path: str):
         import sentencepiece as spm
 
         self.path = str(path)
         try:
-            self._sp = spm.SentencePieceProcessor(model_file=self.path)
+            with open(self.path, "rb") as f:
+                model = f.read()
+            self._sp = spm.SentencePieceProcessor(model_proto=model)
         except (OSError, RuntimeError) as err:
             raise TokenizerError(f"tokenizer {self.path} is not a readable sentencepiece model: "
                                  f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
@@ -64,9 +82,38 @@ class SentencePieceTokenizer(Tokenizer):
             raise TokenizerError(f"tokenizer {self.path} defines no BOS token (bos_id=-1)")
         self.bos_id = bos
         self.eos_id = eos if eos >= 0 else None
+        self._model, self._fast, self._chars_seen = model, None, 0
+
+    SMALL_INPUT_CHARS = 1 << 16
+    """The first this many characters given to encode_packed go to sentencepiece directly: building the segment
+    cache costs about 0.2 s, which a tiny input would only pay for (the ids are the same either way)."""
+
+    @property
+    def fast(self):
+        """The exact segment cache (data/spm_fast.py), built on first use; None when the model does not qualify."""
+        if self._model is not None:
+            from .spm_fast import SegmentCachedEncoder
+
+            model, self._model = self._model, None
+            try:
+                self._fast = SegmentCachedEncoder.create(model)
+            except (ValueError, IndexError, UnicodeDecodeError):  # a field layout the wire reader does not know
+                self._fast = None
+        return self._fast
 
     def encode(self, text: str) -> list[int]:
         return self._sp.encode(text)
+
+    def _document_ids(self, texts: list[str]) -> list[list[int]]:
+        return self._sp.encode(list(texts))
+
+    def encode_packed(self, texts: list[str], dtype, append_eos: bool = False) -> tuple[bytes, np.ndarray]:
+        self._chars_seen += sum(map(len, texts))
+        if (self._model is not None and self._chars_seen < self.SMALL_INPUT_CHARS) or self.fast is None:
+            return super().encode_packed(texts, dtype, append_eos)
+        if append_eos and self.eos_id is None:
+            raise TokenizerError(f"tokenizer {self.path} has no EOS token but append_eos was asked")
+        return self.fast.encode_packed(texts, dtype, [self.bos_id], [self.eos_id] if append_eos else [])
 
     def decode(self, ids: list[int]) -> str:
         return self._sp.decode(list(ids))
@@ -102,6 +149,10 @@ class HFTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
+
+    def _document_ids(self, texts: list[str]) -> list[list[int]]:
+        batch = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)  # _fast: tokenizers >= 0.20.1
+        return [e.ids for e in batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)

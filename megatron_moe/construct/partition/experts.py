@@ -10,11 +10,16 @@ import torch
 
 def build_expert_weights(w1_FD: torch.Tensor, w3_FD: torch.Tensor, w2_DF: torch.Tensor,
                          assign_EF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(w1_EFD, w3_EFD, w2_EDF) for the experts; contiguous copies."""
+    """(w1_EFD, w3_EFD, w2_EDF) for the experts; contiguous copies, each weight read and written once (w2's
+    columns are gathered per expert straight into the output: a gather to [D, E, F] and a permute would copy
+    the largest matrix twice)."""
     idx = assign_EF.to(w1_FD.device)
-    w1_EFD = w1_FD[idx].contiguous()
-    w3_EFD = w3_FD[idx].contiguous()
-    w2_EDF = w2_DF[:, idx].permute(1, 0, 2).contiguous()
+    E, F = idx.shape
+    w1_EFD = w1_FD.index_select(0, idx.reshape(-1)).view(E, F, -1)
+    w3_EFD = w3_FD.index_select(0, idx.reshape(-1)).view(E, F, -1)
+    w2_EDF = w2_DF.new_empty(E, w2_DF.shape[0], F)
+    for e in range(E):
+        torch.index_select(w2_DF, 1, idx[e], out=w2_EDF[e])
     return w1_EFD, w3_EFD, w2_EDF
 
 
