@@ -245,17 +245,26 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """`write_text_atomic` for bytes."""
+    with atomic_file(path, "wb") as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "w", encoding: Optional[str] = None):
+    """One file streamed under its temporary name and renamed when the block ends without error (flushed and
+    fsynced first); on any failure, also of close(), the temporary is removed and a writer failure is one line."""
     path = Path(path)
+    remove_stale_temps(path)
     tmp = temp_path(path)
     try:
         with writing(path):
-            with open(tmp, "wb") as f:
-                f.write(data)
+            with open(tmp, mode, encoding=encoding or (None if "b" in mode else "utf-8")) as f:
+                yield f
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)  # gone after the rename; removed on every failure, also of close()
+        tmp.unlink(missing_ok=True)  # gone after the rename; removed on every failure
     fsync_dir(path.parent)
 
 
@@ -298,6 +307,46 @@ class AtomicDir:
 
     def __enter__(self) -> Path:
         return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        return _finish(self, exc)
+
+
+class AtomicFiles:
+    """Several files that only make sense together (a dataset's .bin and .idx), each written under its own
+    `.NAME.tmp-HOST-PID` and renamed in the given order at commit: put the file whose presence marks the set
+    complete last. With `overwrite`, the last (marking) file is removed before the others are replaced, so a
+    reader never sees new data next to an old marker. Any failure removes every temporary."""
+
+    def __init__(self, finals, overwrite: bool = False, flag: str = "--save", inputs=()):
+        self.finals = [Path(f) for f in finals]
+        for f in self.finals:
+            check_output(f, overwrite, flag, inputs)
+        self.final = self.finals[-1]
+        self.overwrite = overwrite
+        for f in self.finals:
+            remove_stale_temps(f)
+        with writing(self.final):
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.tmps = [temp_path(f) for f in self.finals]
+
+    def commit(self) -> list[Path]:
+        with writing(self.final):
+            for t in self.tmps:
+                fsync_file(t)
+            if self.overwrite and self.final.exists():
+                os.remove(self.final)  # the old set stops being complete first
+            for t, f in zip(self.tmps, self.finals, strict=True):
+                os.replace(t, f)
+        fsync_dir(self.final.parent)
+        return self.finals
+
+    def abort(self) -> None:
+        for t in self.tmps:
+            t.unlink(missing_ok=True)
+
+    def __enter__(self) -> list[Path]:
+        return self.tmps
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         return _finish(self, exc)

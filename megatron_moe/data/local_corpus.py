@@ -7,12 +7,14 @@ Demo (two domains, small):
     paths = build_demo_corpus("demo_out/corpus", max_docs_per_domain=300)     # {domain: jsonl path}
     demo = prepare_demo_data("demo_out")   # corpus + sentencepiece tokenizer (vocab 512) + indexed datasets
 
-Reproduction (three domains, `build_local_corpus`; docs/reproduction.md), from the standard library and the
-installed packages (this interpreter's site-packages), every document deduplicated by content:
+Reproduction (three domains, `build_local_corpus`; docs/reproduction.md), from the standard library and a fixed
+list of installed distributions (CORPUS_DISTRIBUTIONS: core dependencies of this project, at the versions of
+requirements/cpu.lock), every document deduplicated by content. A fixed list, not all of site-packages: adding an
+unrelated dependency must not change the corpus (lm-eval's arrival did, and moved the quick test's losses):
 - "code":        `.py` sources of 500 B - 64 KB, in a seeded order;
 - "docstrings":  module, class and function docstrings of at least 200 characters from those sources;
-- "docs":        the long descriptions of installed distributions (`*.dist-info/METADATA` bodies, Markdown or
-                 reST), `.md`/`.rst` files shipped inside packages, and the `pydoc_data.topics` help texts.
+- "docs":        the long descriptions of those distributions (`*.dist-info/METADATA` bodies, Markdown or
+                 reST), `.md`/`.rst` files shipped inside them, and the `pydoc_data.topics` help texts.
 Each domain stops at `max_bytes`; the order is a seeded shuffle of the sorted file list.
 
 Mixed (one file, `build_mixed_corpus`; the preprocessing benchmark and the tokenizer equivalence tests): short
@@ -26,9 +28,10 @@ from __future__ import annotations
 import ast
 import json
 import logging
-import os
 import sysconfig
 from pathlib import Path
+
+from ..atomic import atomic_file
 from typing import Iterator
 
 log = logging.getLogger(__name__)
@@ -66,15 +69,13 @@ def _prose_texts(sources: list[Path]) -> Iterator[str]:
 
 
 def _write_jsonl(path: Path, texts: Iterator[str], limit: int) -> int:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     count = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(path) as f:
         for text in texts:
             if count >= limit:
                 break
             f.write(json.dumps({"text": text}) + "\n")
             count += 1
-    os.replace(tmp, path)
     return count
 
 
@@ -115,12 +116,35 @@ def prepare_demo_data(out_dir: str | Path, max_docs_per_domain: int = 300, vocab
 LOCAL_DOMAINS = ("code", "docstrings", "docs")
 
 
+CORPUS_DISTRIBUTIONS = ("numpy", "torch", "transformers", "tokenizers", "sympy", "networkx", "jinja2", "PyYAML",
+                        "scikit-learn", "scipy", "matplotlib", "tqdm", "safetensors", "sentencepiece",
+                        "megatron-core", "pandas", "pyarrow", "datasets", "tensorboard", "wandb", "pydantic",
+                        "fonttools", "regex", "huggingface_hub")
+"""The installed distributions whose files the reproduction corpus may use (whichever of them are installed)."""
+
+
+def _distribution_files() -> list[Path]:
+    """Files of CORPUS_DISTRIBUTIONS, as their RECORDs list them."""
+    import importlib.metadata as md
+
+    out = []
+    for name in CORPUS_DISTRIBUTIONS:
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError:
+            continue
+        out += [Path(dist.locate_file(f)) for f in dist.files or () if ".." not in Path(str(f)).parts]
+    return out
+
+
+def _stdlib_files() -> list[Path]:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    return [p for p in stdlib.rglob("*") if "site-packages" not in p.relative_to(stdlib).parts]
+
+
 def _python_files(min_bytes: int = 500, max_bytes: int = 64_000) -> list[Path]:
-    roots = {Path(sysconfig.get_paths()[k]) for k in ("stdlib", "purelib", "platlib")}
-    files = set()
-    for root in roots:
-        if root.is_dir():
-            files.update(p for p in root.rglob("*.py") if p.is_file() and min_bytes <= p.stat().st_size <= max_bytes)
+    files = {p for p in _stdlib_files() + _distribution_files() if p.suffix == ".py" and p.is_file()
+             and min_bytes <= p.stat().st_size <= max_bytes}
     return sorted(files)
 
 
@@ -137,12 +161,12 @@ def _docstrings(path: Path, min_chars: int = 200) -> Iterator[str]:
 
 
 def _doc_texts() -> Iterator[str]:
-    purelib = Path(sysconfig.get_paths()["purelib"])
-    for meta in sorted(purelib.glob("*.dist-info/METADATA")):
+    files = sorted(set(_distribution_files()))
+    for meta in (p for p in files if p.name == "METADATA" and p.parent.name.endswith(".dist-info")):
         body = _read(meta).split("\n\n", 1)  # RFC 822 headers, a blank line, then the long description
         if len(body) == 2 and len(body[1].strip()) >= 200:
             yield body[1]
-    for p in sorted(purelib.rglob("*")):
+    for p in files:
         if p.suffix in (".md", ".rst") and p.is_file() and p.stat().st_size >= 200:
             yield _read(p)
     try:
@@ -236,17 +260,14 @@ def build_mixed_corpus(path: str | Path, target_bytes: int, seed: int = 1227) ->
     Raises FileNotFoundError when this machine has less text than that."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     size = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(path) as f:
         for i, text in enumerate(iter_mixed_documents(seed)):
             line = json.dumps({"text": text, "id": i}, ensure_ascii=False) + "\n"
             f.write(line)
             size += len(line.encode("utf-8"))
             if size >= target_bytes:
                 break
-    if size < target_bytes:
-        tmp.unlink()
-        raise FileNotFoundError(f"only {size} bytes of text found on this machine, {target_bytes} asked")
-    os.replace(tmp, path)
+        if size < target_bytes:  # raised inside the block: nothing is written
+            raise FileNotFoundError(f"only {size} bytes of text found on this machine, {target_bytes} asked")
     return path

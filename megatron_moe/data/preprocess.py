@@ -20,9 +20,11 @@ indexed dataset (`PREFIX.bin` + `PREFIX.idx`).
   `PreprocessError("FILE:LINE: ...")` (parquet / Arrow: `FILE:row N: ...`), or with `skip_bad_lines` are skipped
   and counted. Bad files (corrupt or truncated compressed data, no such column) always raise, naming the file.
 - Output: an existing dataset at the prefix is refused unless `overwrite`. Both files are written under temporary
-  names; then (overwrite only) the old PREFIX.idx is removed, PREFIX.bin is renamed into place and PREFIX.idx
-  last, so a reader sees the complete new pair or no dataset, never a new .bin with an old .idx (readers also
-  check that the pair's sizes agree, data/indexed.py). On error or interruption the temporaries are removed.
+  names (atomic.AtomicFiles: `.NAME.tmp-HOST-PID`); then (overwrite only) the old PREFIX.idx is removed,
+  PREFIX.bin is renamed into place and PREFIX.idx last, so a reader sees the complete new pair or no dataset,
+  never a new .bin with an old .idx (readers also check that the pair's sizes agree, data/indexed.py). On error or
+  interruption (Ctrl-C, SIGTERM: the worker pool is terminated, its workers ignore Ctrl-C) the temporaries are
+  removed; a full disk is one line naming the dataset.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from ..atomic import check_output, fsync_dir, fsync_file
+from ..atomic import AtomicFiles, writing
 from .indexed_writer import IndexedWriter, optimal_dtype
 from .sources import FORMATS, PreprocessError, Shard, expand_inputs, read_shard  # noqa: F401 (re-exported)
 from .tokenizer import Tokenizer, load_tokenizer
@@ -64,6 +66,14 @@ def _init_worker(tokenizer_path: str) -> None:
     global _TOKENIZER
     if _TOKENIZER is None or _TOKENIZER.path != tokenizer_path:
         _TOKENIZER = load_tokenizer(tokenizer_path)
+
+
+def _pool_worker_init(tokenizer_path: str) -> None:
+    """Pool workers leave Ctrl-C to this process, which stops them (signals.worker_ignores_interrupts)."""
+    from ..signals import worker_ignores_interrupts
+
+    worker_ignores_interrupts()
+    _init_worker(tokenizer_path)
 
 
 def _text_of(raw: bytes, fmt: str, text_key: str) -> Optional[str]:
@@ -155,8 +165,12 @@ def _ordered_results(tasks: Iterator[tuple[Optional[tuple], int]], workers: int,
         for task, nbytes in tasks:
             yield (_encode_task(task) if task else None), nbytes
         return
+    from ..signals import signals_deferred
+
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer_path,)) as pool:
+    with signals_deferred():  # a worker forked while Ctrl-C arrives must not die with a traceback
+        pool = ctx.Pool(workers, initializer=_pool_worker_init, initargs=(tokenizer_path,))
+    with pool:  # leaving it, also on Ctrl-C / SIGTERM / an error here, terminates the workers
         pending: collections.deque = collections.deque()
         for task, nbytes in tasks:
             pending.append((pool.apply_async(_encode_task, (task,)) if task else None, nbytes))
@@ -196,60 +210,53 @@ def preprocess_files(inputs: Sequence[str | Path], tokenizer: str | Path, output
     existing = [p for p in (bin_path, idx_path) if os.path.exists(p)]
     if existing and not overwrite:
         raise PreprocessError(f"{existing[0]} already exists; choose another --save prefix or pass --overwrite")
-    check_output(bin_path, overwrite=True)  # the directory is writable (or can be created)
-    Path(prefix).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{prefix}.tmp-{os.getpid()}"
     stats = PreprocessStats(output_prefix=prefix)
     dtype = optimal_dtype(tok.vocab_size)
     start = time.perf_counter()
-    writer = IndexedWriter(tmp + ".bin", dtype)
-    finished = False
     bar = _progress_bar(sum(s.path.stat().st_size for s in shards), Path(prefix).name, progress)
-    try:
-        tasks = _tasks(shards, chunk_lines, text_key, append_eos, dtype.str)
-        for result, nbytes in _ordered_results(tasks, workers, str(tokenizer)):
-            if result is not None:
-                data, lengths, errors, empty = result
-                if errors and not skip_bad_lines:
-                    raise PreprocessError(errors[0])
-                for message in errors:
-                    stats.bad_lines += 1
-                    if stats.bad_lines <= 5:
-                        log.warning("skipping bad line %s", message)
-                stats.empty_documents += empty
-                if len(lengths):
-                    writer.add_documents(data, lengths)
-                    stats.documents += len(lengths)
-                    stats.tokens += int(lengths.sum())
+    # .idx last: it is what makes the pair a dataset (atomic.AtomicFiles removes the old one first)
+    with AtomicFiles([bin_path, idx_path], overwrite=overwrite) as (tmp_bin, tmp_idx), writing(bin_path):
+        writer = IndexedWriter(str(tmp_bin), dtype)
+        try:
+            _tokenize_into(writer, shards, chunk_lines, text_key, append_eos, dtype, workers, str(tokenizer),
+                           skip_bad_lines, stats, bar, start)
+            if stats.documents == 0:
+                names = ", ".join(str(p) for p in inputs)
+                raise PreprocessError(f"{names}: empty input (no documents"
+                                      + (f"; {stats.bad_lines} bad lines skipped)" if stats.bad_lines else ")"))
+            writer.finalize(str(tmp_idx))
+        finally:
             if bar is not None:
-                bar.update(nbytes)
-                elapsed = max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix_str(f"{stats.documents / elapsed:.0f} docs/s, {stats.tokens / elapsed:.0f} tok/s",
-                                    refresh=False)
-        if stats.documents == 0:
-            names = ", ".join(str(p) for p in inputs)
-            raise PreprocessError(f"{names}: empty input (no documents"
-                                  + (f"; {stats.bad_lines} bad lines skipped)" if stats.bad_lines else ")"))
-        writer.finalize(tmp + ".idx")
-        for path in (tmp + ".bin", tmp + ".idx"):
-            fsync_file(path)
-        if os.path.exists(idx_path):
-            os.remove(idx_path)          # the old pair stops being a dataset first
-        os.replace(tmp + ".bin", bin_path)
-        os.replace(tmp + ".idx", idx_path)  # the commit point
-        fsync_dir(Path(prefix).parent)
-        finished = True
-    finally:
-        if bar is not None:
-            bar.close()
-        writer.close()
-        if not finished:
-            for path in (tmp + ".bin", tmp + ".idx"):
-                if os.path.exists(path):
-                    os.remove(path)
+                bar.close()
+            writer.close()
     stats.seconds = time.perf_counter() - start
     log.info("wrote %s.{bin,idx}: %d documents, %d tokens, %d bad lines skipped, %d empty documents, "
              "%.1f s (%.0f docs/s, %.0f tok/s)", prefix, stats.documents, stats.tokens, stats.bad_lines,
              stats.empty_documents, stats.seconds, stats.documents / max(stats.seconds, 1e-9),
              stats.tokens / max(stats.seconds, 1e-9))
     return stats
+
+
+def _tokenize_into(writer, shards, chunk_lines, text_key, append_eos, dtype, workers, tokenizer_path,
+                   skip_bad_lines, stats, bar, start) -> None:
+    """Stream every shard through the tokenizers (in order) into `writer`, counting into `stats`."""
+    tasks = _tasks(shards, chunk_lines, text_key, append_eos, dtype.str)
+    for result, nbytes in _ordered_results(tasks, workers, tokenizer_path):
+        if result is not None:
+            data, lengths, errors, empty = result
+            if errors and not skip_bad_lines:
+                raise PreprocessError(errors[0])
+            for message in errors:
+                stats.bad_lines += 1
+                if stats.bad_lines <= 5:
+                    log.warning("skipping bad line %s", message)
+            stats.empty_documents += empty
+            if len(lengths):
+                writer.add_documents(data, lengths)
+                stats.documents += len(lengths)
+                stats.tokens += int(lengths.sum())
+        if bar is not None:
+            bar.update(nbytes)
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix_str(f"{stats.documents / elapsed:.0f} docs/s, {stats.tokens / elapsed:.0f} tok/s",
+                                refresh=False)

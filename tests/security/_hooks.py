@@ -5,7 +5,8 @@ while the write is in progress:
 
 HOOK: `add_part` (after each part our checkpoint writer writes: convert, import), `hf_add` (after each tensor the
 HF export writer takes), `train_save` (inside the trainer's checkpoint save, after the model shards are
-written), `reshard_rank` (in each rank of `reshard`, before it saves), `none`. At the hook MARKER is created (the test waits for it) and the process sleeps SECONDS.
+written), `reshard_rank` (in each rank of `reshard`, before it saves), `preprocess_write` (after each batch of
+documents `preprocess` writes), `none`. At the hook MARKER is created (the test waits for it) and the process sleeps SECONDS.
 COMMAND is a `megatron-moe` command name, or `train` for `python -m megatron_moe.train`.
 """
 import sys
@@ -59,6 +60,16 @@ def install(hook: str, marker: str, seconds: float) -> None:
             return orig_save(model, path, *a, **k)
 
         ck.save_model = save_model
+    elif hook == "preprocess_write":  # after each batch of documents preprocess writes (main process)
+        from megatron_moe.data.indexed_writer import IndexedWriter
+
+        orig_docs = IndexedWriter.add_documents
+
+        def add_documents(self, data, lengths):
+            orig_docs(self, data, lengths)
+            _pause(marker, seconds)
+
+        IndexedWriter.add_documents = add_documents
     elif hook != "none":
         raise SystemExit(f"unknown hook {hook}")
 

@@ -9,7 +9,6 @@ import enum
 import io
 import pathlib
 import pickle
-import pickletools
 
 import pytest
 import torch

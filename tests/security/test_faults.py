@@ -77,7 +77,16 @@ def _wait_for(pred, timeout=240.0, proc=None):
 
 
 def _finish(proc, timeout=240):
-    out, err = proc.communicate(timeout=timeout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:  # a hang is a failure; leave no process behind
+        import psutil
+
+        for c in psutil.Process(proc.pid).children(recursive=True):
+            c.kill()
+        proc.kill()
+        proc.communicate()
+        raise
     return proc.returncode, out, err
 
 
@@ -231,6 +240,41 @@ def test_reshard_interrupted_stops_its_ranks_and_leaves_nothing(fx, tmp_path):
     assert children.strip() == ""
 
 
+@pytest.fixture(scope="module")
+def corpus(fx):
+    from megatron_moe.data.spm_train import train_sentencepiece
+
+    root = fx["root"] / "corpus"
+    root.mkdir()
+    lines = [json.dumps({"text": f"alpha beta gamma delta {i} " * (1 + i % 7)}) for i in range(3000)]
+    (root / "in.jsonl").write_text("\n".join(lines) + "\n")
+    tok = train_sentencepiece([f"alpha beta gamma delta {i}" for i in range(300)], root / "tok.model", vocab_size=60)
+    return root / "in.jsonl", tok
+
+
+@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_preprocess_with_workers_interrupted_stops_its_pool_and_leaves_nothing(corpus, tmp_path, sig, code):
+    src, tok = corpus
+    marker = tmp_path / "writing"
+    p = _start(["preprocess", "--input", str(src), "--tokenizer", str(tok), "--save", str(tmp_path / "ds"),
+                "--workers", "2", "--no-progress"], hook="preprocess_write", marker=marker, seconds=600)
+    _wait_for(marker.exists, proc=p)
+    assert _temps(tmp_path)
+    children = psutil_children(p.pid)
+    assert len(children) >= 2  # the pool's workers are running
+    p.send_signal(getattr(signal, sig))
+    rc, _, err = _finish(p, timeout=120)  # no hang
+    assert rc == code and _one_error(err) == f"error: interrupted ({sig})", err[-3000:]
+    assert [q.name for q in tmp_path.iterdir()] == ["writing"]
+    assert not [c for c in children if c.is_running() and c.status() != "zombie"]
+
+
+def psutil_children(pid):
+    import psutil
+
+    return psutil.Process(pid).children(recursive=True)
+
+
 def test_interrupt_during_start_up_is_one_line(tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "megatron_moe.cli", "inspect", str(tmp_path)], cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -244,10 +288,13 @@ def test_interrupt_during_start_up_is_one_line(tmp_path):
 LIMIT = 24 << 10  # RLIMIT_FSIZE: larger than every small file (configs, metrics), smaller than a weight file
 
 
-@pytest.mark.parametrize("case", ["convert", "export", "train"])
-def test_file_size_limit_inside_a_third_party_writer_is_one_line(fx, tmp_path, case):
+@pytest.mark.parametrize("case", ["convert", "export", "train", "preprocess"])
+def test_file_size_limit_inside_a_third_party_writer_is_one_line(fx, corpus, tmp_path, case):
     out = tmp_path / "out"
-    if case == "convert":  # DCP (CheckpointException) writes the MoE checkpoint
+    if case == "preprocess":  # our own indexed writer, fed by a worker pool
+        args = ["preprocess", "--input", str(corpus[0]), "--tokenizer", str(corpus[1]), "--save", str(out),
+                "--workers", "2", "--no-progress"]
+    elif case == "convert":  # DCP (CheckpointException) writes the MoE checkpoint
         args = ["convert", "--load", str(fx["hf"]), "--save", str(out), "--num-experts", "4", "--top-k", "2",
                 "--no-progress"]
     elif case == "export":  # safetensors (SafetensorError)
@@ -263,7 +310,7 @@ def test_file_size_limit_inside_a_third_party_writer_is_one_line(fx, tmp_path, c
         assert not (out / "checkpoints" / "latest").exists()
         assert list((out / "checkpoints").iterdir()) == []
     else:
-        assert not out.exists()
+        assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------- 3. files, sizes, consistency (in-process)
