@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 from typing import Iterable, Iterator, Optional
 
@@ -71,6 +72,20 @@ def install_terminate_handlers() -> None:
         return
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_terminated)
+
+
+def exit_with(code: int) -> None:
+    """Exit with `code`, decided: a signal that arrives during interpreter shutdown (atexit handlers, thread
+    joins) ends the process at once with that same code instead of turning it into a traceback or a death by
+    the signal (Python re-raises an unhandled Ctrl-C as SIGINT)."""
+    if threading.current_thread() is threading.main_thread():
+        def _leave(signum, frame):
+            sys.stderr.flush()
+            os._exit(code)
+
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _leave)
+    sys.exit(code)
 
 
 def parse_signal(name: str) -> signal.Signals:

@@ -6,10 +6,10 @@ def main(argv=None) -> None:
     import sys
 
     from .cli import run_command
-    from .signals import install_terminate_handlers
+    from .signals import exit_with, install_terminate_handlers
 
     install_terminate_handlers()
-    sys.exit(run_command("train", sys.argv[1:] if argv is None else argv, prog="python -m megatron_moe.train"))
+    exit_with(run_command("train", sys.argv[1:] if argv is None else argv, prog="python -m megatron_moe.train"))
 
 
 if __name__ == "__main__":

@@ -73,10 +73,10 @@ def run_command(command: str, argv: Sequence[str], prog: Optional[str] = None) -
 
 def tool(command: str) -> None:
     """Entry of tools/<script>.py: run `command` with this process's arguments and exit with its code."""
-    from ..signals import install_terminate_handlers
+    from ..signals import exit_with, install_terminate_handlers
 
     install_terminate_handlers()
-    sys.exit(run_command(command, sys.argv[1:], prog=os.path.basename(sys.argv[0])))
+    exit_with(run_command(command, sys.argv[1:], prog=os.path.basename(sys.argv[0])))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -91,7 +91,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if argv[0] not in COMMANDS:
         print(f"error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
-    from ..signals import install_terminate_handlers
+    from ..signals import exit_with, install_terminate_handlers
 
     install_terminate_handlers()
-    sys.exit(run_command(argv[0], argv[1:]))
+    exit_with(run_command(argv[0], argv[1:]))

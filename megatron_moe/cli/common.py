@@ -88,9 +88,22 @@ def _write_elastic_error_file(message: str) -> None:
         pass
 
 
+def _close_progress_bars() -> None:
+    """Close open tqdm bars, so the error line starts a line of its own instead of following a bar's text."""
+    tqdm_module = sys.modules.get("tqdm.std")
+    if tqdm_module is None:
+        return
+    for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except (OSError, ValueError):  # a bar that cannot draw (closed stream) must not hide the error line
+            pass
+
+
 def report(message: str) -> None:
     """Print `error: message` once per job (rank 0) and leave it for torchrun's summary on every rank."""
     _write_elastic_error_file(f"error: {message}")
+    _close_progress_bars()
     if launch_rank() == 0 and not (os.environ.get(LAUNCHED_BY) and "LOCAL_RANK" in os.environ):
         print(f"error: {message}", file=sys.stderr, flush=True)
 
@@ -131,11 +144,11 @@ def guarded(fn: Callable[[], Optional[int]]) -> int:
 
 def run(fn: Callable[[], Optional[int]]) -> None:
     """Entry-point wrapper: logging on rank 0, SIGTERM/SIGHUP as interrupts, `guarded(fn)`, exit with its code."""
-    from ..signals import install_terminate_handlers
+    from ..signals import exit_with, install_terminate_handlers
 
     setup_logging()
     install_terminate_handlers()
-    sys.exit(guarded(fn))
+    exit_with(guarded(fn))
 
 
 # -------------------------------------------------------------------------------------- arguments

@@ -213,10 +213,10 @@ def preprocess_files(inputs: Sequence[str | Path], tokenizer: str | Path, output
     stats = PreprocessStats(output_prefix=prefix)
     dtype = optimal_dtype(tok.vocab_size)
     start = time.perf_counter()
-    bar = _progress_bar(sum(s.path.stat().st_size for s in shards), Path(prefix).name, progress)
     # .idx last: it is what makes the pair a dataset (atomic.AtomicFiles removes the old one first)
     with AtomicFiles([bin_path, idx_path], overwrite=overwrite) as (tmp_bin, tmp_idx), writing(bin_path):
         writer = IndexedWriter(str(tmp_bin), dtype)
+        bar = _progress_bar(sum(s.path.stat().st_size for s in shards), Path(prefix).name, progress)
         try:
             _tokenize_into(writer, shards, chunk_lines, text_key, append_eos, dtype, workers, str(tokenizer),
                            skip_bad_lines, stats, bar, start)

@@ -6,7 +6,8 @@ while the write is in progress:
 HOOK: `add_part` (after each part our checkpoint writer writes: convert, import), `hf_add` (after each tensor the
 HF export writer takes), `train_save` (inside the trainer's checkpoint save, after the model shards are
 written), `reshard_rank` (in each rank of `reshard`, before it saves), `preprocess_write` (after each batch of
-documents `preprocess` writes), `none`. At the hook MARKER is created (the test waits for it) and the process sleeps SECONDS.
+documents `preprocess` writes), `start_up` (before the command's module
+and torch are imported), `none`. At the hook MARKER is created (the test waits for it) and the process sleeps SECONDS.
 COMMAND is a `megatron-moe` command name, or `train` for `python -m megatron_moe.train`.
 """
 import sys
@@ -70,16 +71,26 @@ def install(hook: str, marker: str, seconds: float) -> None:
             _pause(marker, seconds)
 
         IndexedWriter.add_documents = add_documents
+    elif hook == "start_up":  # before the command's module (and torch) is imported: the start-up of a command
+        import megatron_moe.cli as cli
+
+        orig_module = cli._module
+
+        def _module(command):
+            _pause(marker, seconds)
+            return orig_module(command)
+
+        cli._module = _module
     elif hook != "none":
         raise SystemExit(f"unknown hook {hook}")
 
 
 if __name__ == "__main__":
     hook, marker, seconds, command, *args = sys.argv[1:]
-    from megatron_moe.signals import install_terminate_handlers
+    from megatron_moe.signals import exit_with, install_terminate_handlers
 
     install_terminate_handlers()
     install(hook, marker, float(seconds))
     from megatron_moe.cli import run_command
 
-    sys.exit(run_command(command, args, prog=command))
+    exit_with(run_command(command, args, prog=command))

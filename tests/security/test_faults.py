@@ -275,13 +275,25 @@ def psutil_children(pid):
     return psutil.Process(pid).children(recursive=True)
 
 
-def test_interrupt_during_start_up_is_one_line(tmp_path):
-    p = subprocess.Popen([sys.executable, "-m", "megatron_moe.cli", "inspect", str(tmp_path)], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.4)  # inside `import torch` (seconds on these machines), before any work
-    p.send_signal(signal.SIGINT)
+@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_interrupt_during_start_up_is_one_line(tmp_path, sig, code):
+    marker = tmp_path / "starting"
+    p = _start(["inspect", str(tmp_path)], hook="start_up", marker=marker, seconds=600)
+    _wait_for(marker.exists, proc=p)  # in start-up: the command's module and torch are not imported yet
+    p.send_signal(getattr(signal, sig))
     rc, _, err = _finish(p)
-    assert rc == 130 and _one_error(err) == "error: interrupted (SIGINT)", err
+    assert rc == code and _one_error(err) == f"error: interrupted ({sig})", err
+
+
+def test_a_signal_during_shutdown_keeps_the_exit_code():
+    """A Ctrl-C that arrives after the command decided its exit code (atexit handlers, thread joins) ends the
+    process with that code, not with a death by SIGINT (Python's default for an unhandled interrupt)."""
+    code = ("import atexit, os, signal, time\n"
+            "from megatron_moe.signals import exit_with\n"
+            "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5)))\n"
+            "exit_with(2)\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, (p.returncode, p.stderr)
 
 
 # ------------------------------------------------------------------------------ 2. writers that fail
