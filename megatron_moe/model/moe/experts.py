@@ -7,8 +7,8 @@ F_l local expert FFN width (F / etp), K top-k.
     expert(x) = w2 @ (silu(w1 @ x) * (w3 @ x))
 
 Splits: experts over EP (dim 0), the F dim over ETP; every expert parameter is `is_expert`.
-Torch path: rows arrive sorted by local expert; one matmul triple per non-empty expert on a contiguous slice.
-(`torch._grouped_mm` exists in torch 2.13 but its CPU backward fails for these layouts, so it is not used.)
+Torch path: rows arrive sorted by local expert; one matmul triple per non-empty expert on a contiguous slice, in
+one autograd Function that writes outputs and weight gradients in place (sorted_mlp.py).
 Kernel path: `moe_kernels.moe_mlp` (Triton on CUDA).
 """
 from __future__ import annotations
@@ -16,11 +16,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...parallel import ParallelState
 from ..sharding import Split, mark
+from .sorted_mlp import sorted_swiglu
 
 
 class Experts(nn.Module):
@@ -41,22 +41,11 @@ class Experts(nn.Module):
         mark(self.w2, ep, Split(2, *etp), is_expert=True)
 
     def sorted_rows(self, x_RD: torch.Tensor, counts_e: Sequence[int]) -> torch.Tensor:
-        """Torch path: rows sorted by local expert, counts_e[i] rows for expert i -> expert outputs [R, D].
-        (Measured on CPU: this autograd loop is compute-bound; a hand-written backward and a fused gate|up matmul
-        were both slower.)"""
-        outs, start = [], 0
-        # unbind once: indexing w[i] per expert makes autograd allocate a full-size zero grad per expert
-        w1_FD, w3_FD, w2_DF = self.w1.unbind(0), self.w3.unbind(0), self.w2.unbind(0)
-        for i, n in enumerate(counts_e):
-            if n == 0:
-                continue
-            x_nD = x_RD[start:start + n]
-            h_nF = F.silu(x_nD @ w1_FD[i].t()) * (x_nD @ w3_FD[i].t())
-            outs.append(h_nF @ w2_DF[i].t())
-            start += n
-        if not outs:
+        """Torch path: rows sorted by local expert, counts_e[i] rows for expert i -> expert outputs [R, D]
+        (one autograd Function writing outputs and gradients in place: sorted_mlp.py)."""
+        if not any(counts_e):
             return self.no_rows(x_RD)
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
+        return sorted_swiglu(x_RD, self.w1, self.w3, self.w2, counts_e)
 
     def no_rows(self, x_RD: torch.Tensor) -> torch.Tensor:
         """Result for a rank whose experts received no rows: still attached to x and the weights, so this rank
