@@ -1,5 +1,6 @@
-"""Smoke tests of the MoE-layer benchmark tool: it runs, checks parity with MixtralSparseMoeBlock first, writes
-well-formed JSON and refuses bad flags. (Speed is measured by running the tool, not asserted here.)"""
+"""Smoke tests of the MoE-layer benchmark tool: it runs, checks parity with the per-expert loop and
+MixtralSparseMoeBlock first, writes well-formed JSON and refuses bad flags. (Speed is measured by running the tool,
+not asserted here.)"""
 import json
 import subprocess
 import sys
@@ -19,11 +20,25 @@ def test_moe_benchmark_smoke(tmp_path):
               "--iters", "1", "--json", str(out))
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
-    assert res["max_abs_diff"] < 1e-5  # the two layers computed the same function before being timed
+    assert res["max_abs_diff"] < 1e-5  # the layers computed the same function before being timed
+    assert set(res["max_abs_diff_by_baseline"]) == {"loop", "mixtral_hf"}
     flops = 3 * 3 * 2.0 * 16 * 2 * 16 * 8  # 3 matmuls x (fwd + 2 bwd) x 2*T*K*D*F
     assert abs(res["floor"]["median_s"] * res["floor"]["gemm_flops_per_s"] - flops) <= 1e-6 * flops
     assert res["max_possible_speedup"] == res["mixtral_hf"]["median_s"] / res["floor"]["median_s"]
-    assert "speedup" in r.stdout
+    assert res["vs_loop"] == res["loop"]["median_s"] / res["ours"]["median_s"]
+    assert res["ours_over_floor"] == res["ours"]["median_s"] / res["floor"]["median_s"]
+    assert res["ours"]["saved_for_backward_bytes"] > 0 and res["loop"]["saved_for_backward_bytes"] > 0
+    assert "speedup" in r.stdout and "ours vs loop" in r.stdout
+
+
+def test_moe_benchmark_without_mixtral(tmp_path):
+    out = tmp_path / "bench.json"
+    r = _tool("--hidden", "16", "--ffn", "8", "--experts", "4", "--top-k", "4", "--batch", "1", "--seq", "8",
+              "--warmup", "0", "--iters", "1", "--no-mixtral", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert "mixtral_hf" not in res and "speedup" not in res and set(res["max_abs_diff_by_baseline"]) == {"loop"}
+    assert res["max_abs_diff"] < 1e-5 and res["vs_loop"] > 0
 
 
 def test_moe_benchmark_bad_input():
