@@ -12,7 +12,7 @@ alternating (A B C A B C ...) so that a machine whose speed drifts (shared CPUs,
               that runs those matmuls needs at least that long; routing, SwiGLU and token movement come on top.
 
 All layers are checked to compute the same function first. Memory: peak allocated bytes on CUDA; on CPU, the
-bytes saved for backward (activation memory), counted with saved-tensor hooks.
+activation memory: the distinct storages saved for backward (parameters excluded), counted with saved-tensor hooks.
 """
 from __future__ import annotations
 
@@ -145,16 +145,21 @@ def gemm_step(device, dtype, n_mm: int):
 
 
 def _saved_bytes(module, x) -> int:
-    total = [0]
+    """Activation memory: bytes of the distinct storages the forward's graph keeps for backward, the module's
+    parameters excluded (they live anyway; a view of a weight saved per expert costs nothing)."""
+    own = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    kept = {}
 
     def pack(t):
-        total[0] += t.numel() * t.element_size()
+        st = t.untyped_storage()
+        if st.data_ptr() not in own:
+            kept[st.data_ptr()] = st.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         y = _output(module, x)
     del y
-    return total[0]
+    return sum(kept.values())
 
 
 def _memory(module, x) -> dict:

@@ -27,7 +27,8 @@ def test_moe_benchmark_smoke(tmp_path):
     assert res["max_possible_speedup"] == res["mixtral_hf"]["median_s"] / res["floor"]["median_s"]
     assert res["vs_loop"] == res["loop"]["median_s"] / res["ours"]["median_s"]
     assert res["ours_over_floor"] == res["ours"]["median_s"] / res["floor"]["median_s"]
-    assert res["ours"]["saved_for_backward_bytes"] > 0 and res["loop"]["saved_for_backward_bytes"] > 0
+    # activation memory: the experts keep h1, h3 and x; the loop of nn.Linear also keeps silu(h1) and the product
+    assert 0 < res["ours"]["saved_for_backward_bytes"] < res["loop"]["saved_for_backward_bytes"]
     assert "speedup" in r.stdout and "ours vs loop" in r.stdout
 
 

@@ -12,11 +12,12 @@ from megatron_moe.model.moe.sorted_mlp import sorted_swiglu
 from megatron_moe.parallel import ParallelState
 
 
-def reference_rows(x_RD, w1, w3, w2, counts):
+def reference_rows(x_RD, w1, w3, w2, counts, x_grad=True, w_grad=True, leaves=None):
     """What the torch path computed before issue #26: plain autograd ops, one expert at a time, each expert's
-    weights its own leaf tensors. Returns (y, [dx, dw1, dw3, dw2]) for the loss sum(y * g)."""
-    x = x_RD.detach().clone().requires_grad_()
-    leaves = [[w[i].detach().clone().requires_grad_() for i in range(w.shape[0])] for w in (w1, w3, w2)]
+    weights its own leaf tensors (or the given `leaves`). Returns (y, x leaf, [[w1 leaves], [w3], [w2]])."""
+    x = x_RD.detach().clone().requires_grad_(x_grad)
+    if leaves is None:
+        leaves = [[w[i].detach().clone().requires_grad_(w_grad) for i in range(w.shape[0])] for w in (w1, w3, w2)]
     outs, start = [], 0
     for i, n in enumerate(counts):
         x_n = x[start:start + n]
@@ -120,29 +121,48 @@ def test_autocast_bf16_matches_the_autograd_loop():
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=0, atol=2**-8 * x_ref.grad.abs().max().item())
 
 
-def saved_bytes(fn) -> int:
-    total = [0]
+def saved_bytes(fn, params) -> int:
+    """Bytes of the distinct storages the graph built by fn() keeps for backward, parameters excluded (they live
+    anyway): the activation memory."""
+    own = {p.untyped_storage().data_ptr() for p in params}
+    kept = {}
 
     def pack(t):
-        total[0] += t.numel() * t.element_size()
+        st = t.untyped_storage()
+        if st.data_ptr() not in own:
+            kept[st.data_ptr()] = st.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
-    return total[0]
+    return sum(kept.values())
 
 
-def test_saved_for_backward_is_x_h1_h3_and_the_weights():
-    """Exactly x [R, D], h1 and h3 [R, F] and the three weights; the autograd loop kept more (2 x per expert,
-    silu(h1), the product)."""
+@pytest.mark.parametrize("x_grad,w_grad", [(True, True), (False, True), (True, False)])
+def test_saved_for_backward_is_x_h1_h3(x_grad, w_grad):
+    """Exactly h1 and h3 [R, F], and x [R, D] when a weight needs its gradient; the autograd loop kept silu(h1)
+    and the product as well. The gradients that are asked for are right whichever inputs need them."""
     E, F_, D, counts = 4, 8, 16, [3, 0, 5, 2]
     R = sum(counts)
     ex = experts_with(E, F_, D, seed=2)
-    x = torch.randn(R, D, requires_grad=True)
-    ours = saved_bytes(lambda: ex.sorted_rows(x, counts))
-    assert ours == 4 * (R * D + 2 * R * F_ + 3 * E * F_ * D)
-    loop = saved_bytes(lambda: reference_rows(x, ex.w1, ex.w3, ex.w2, counts))
+    ex.requires_grad_(w_grad)
+    x = torch.randn(R, D, generator=torch.Generator().manual_seed(6)).requires_grad_(x_grad)
+    ours = saved_bytes(lambda: ex.sorted_rows(x, counts), ex.parameters())
+    assert ours == 4 * (R * D * w_grad + 2 * R * F_)
+    leaves = [[w[i].detach().clone().requires_grad_(w_grad) for i in range(E)] for w in (ex.w1, ex.w3, ex.w2)]
+    loop = saved_bytes(lambda: reference_rows(x, ex.w1, ex.w3, ex.w2, counts, x_grad, w_grad, leaves),
+                       [t for ws in leaves for t in ws])
     assert ours < loop
+    ex.sorted_rows(x, counts).square().sum().backward()
+    y_ref, x_ref, _ = reference_rows(x, ex.w1, ex.w3, ex.w2, counts, x_grad, w_grad, leaves)
+    y_ref.square().sum().backward()
+    assert (x.grad is not None) == x_grad
+    if x_grad:
+        torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-6, atol=1e-6)
+    for w, ref in zip((ex.w1, ex.w3, ex.w2), grads_of(leaves)):
+        assert (w.grad is None) == (not w_grad)
+        if w_grad:
+            torch.testing.assert_close(w.grad, ref, rtol=1e-6, atol=1e-6)
 
 
 def mixtral_reference(x_TD, gate_ED, w1, w3, w2, k):

@@ -13,8 +13,8 @@ autograd loop over `w.unbind(0)` instead built 2·e per-expert weight gradients,
 into a new tensor (plus a `cat` of the outputs and a sum of per-slice input gradients), which cost 17% of the
 layer at LLaMA-2-7B shapes (issue #26). Experts with no rows get exact zero gradients.
 
-Saved for backward: x, silu's input h1 and the up projection h3 (silu(h1) * h3 is recomputed), and the
-weights; the autograd loop also kept silu(h1), the product and a second reference to each slice of x.
+Saved for backward: silu's input h1 and the up projection h3 (silu(h1) * h3 is recomputed), x when a weight
+needs its gradient, and references to the weights; the autograd loop also kept silu(h1) and the product.
 The elementwise derivative is aten's own `silu_backward`, as autograd uses, so gradients match the loop's.
 """
 from __future__ import annotations
@@ -65,8 +65,10 @@ class _SortedSwiGLU(torch.autograd.Function):
             torch.mm(x_nD, w1_eFD[i].t(), out=h1_RF[a:b])
             torch.mm(x_nD, w3_eFD[i].t(), out=h3_RF[a:b])
             torch.mm(F.silu(h1_RF[a:b]) * h3_RF[a:b], w2_eDF[i].t(), out=y_RD[a:b])
-        ctx.save_for_backward(x_RD, w1_eFD, w3_eFD, w2_eDF, h1_RF, h3_RF)
-        ctx.counts = counts
+        need_x, need_w1, need_w3 = ctx.needs_input_grad[:3]
+        ctx.save_for_backward(x_RD if need_w1 or need_w3 else None, w1_eFD if need_x else None,
+                              w3_eFD if need_x else None, w2_eDF, h1_RF, h3_RF)
+        ctx.counts, ctx.shapes = counts, (w1_eFD.shape, w3_eFD.shape, w2_eDF.shape)
         return y_RD
 
     @staticmethod
@@ -74,31 +76,32 @@ class _SortedSwiGLU(torch.autograd.Function):
         x_RD, w1_eFD, w3_eFD, w2_eDF, h1_RF, h3_RF = ctx.saved_tensors
         need_x, need_w1, need_w3, need_w2 = ctx.needs_input_grad[:4]
         with torch.autocast(dy_RD.device.type, enabled=False):
-            dy_RD = dy_RD.to(x_RD.dtype).contiguous()
-            dx_RD = torch.empty_like(x_RD) if need_x else None
-            dw1 = _grad_buffer(w1_eFD, ctx.counts) if need_w1 else None
-            dw3 = _grad_buffer(w3_eFD, ctx.counts) if need_w3 else None
-            dw2 = _grad_buffer(w2_eDF, ctx.counts) if need_w2 else None
+            dy_RD = dy_RD.to(h1_RF.dtype).contiguous()
+            dx_RD = torch.empty_like(dy_RD) if need_x else None
+            dw1, dw3, dw2 = (_grad_buffer(shape, dy_RD, ctx.counts) if need else None
+                             for shape, need in zip(ctx.shapes, (need_w1, need_w3, need_w2)))
             for i, a, b in _spans(ctx.counts):
-                x_nD, dy_nD, h1_nF, h3_nF = x_RD[a:b], dy_RD[a:b], h1_RF[a:b], h3_RF[a:b]
+                dy_nD, h1_nF, h3_nF = dy_RD[a:b], h1_RF[a:b], h3_RF[a:b]
                 silu_nF = F.silu(h1_nF)
                 if need_w2:
                     torch.mm(dy_nD.t(), silu_nF * h3_nF, out=dw2[i])
+                if not (need_x or need_w1 or need_w3):
+                    continue
                 dh_nF = dy_nD @ w2_eDF[i]
                 dh3_nF = dh_nF * silu_nF
                 dh1_nF = torch.ops.aten.silu_backward(dh_nF * h3_nF, h1_nF)
                 if need_w1:
-                    torch.mm(dh1_nF.t(), x_nD, out=dw1[i])
+                    torch.mm(dh1_nF.t(), x_RD[a:b], out=dw1[i])
                 if need_w3:
-                    torch.mm(dh3_nF.t(), x_nD, out=dw3[i])
+                    torch.mm(dh3_nF.t(), x_RD[a:b], out=dw3[i])
                 if need_x:
                     torch.mm(dh1_nF, w1_eFD[i], out=dx_RD[a:b]).addmm_(dh3_nF, w3_eFD[i])
         return dx_RD, dw1, dw3, dw2, None
 
 
-def _grad_buffer(w: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
-    """Uninitialised gradient of w; the blocks of experts without rows are zeroed (the others get written)."""
-    g = torch.empty_like(w, memory_format=torch.contiguous_format)
+def _grad_buffer(shape, like: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+    """Uninitialised weight gradient; the blocks of experts without rows are zeroed (the others get written)."""
+    g = like.new_empty(shape)
     for i, n in enumerate(counts):
         if n == 0:
             g[i].zero_()
