@@ -12,9 +12,10 @@ from megatron_moe.model.moe.sorted_mlp import sorted_swiglu
 from megatron_moe.parallel import ParallelState
 
 
-def reference_rows(x_RD, w1, w3, w2, counts, x_grad=True, w_grad=True, leaves=None):
+def reference_rows(x_RD, w1, w3, w2, counts, x_grad=True, w_grad=True, leaves=None, r_R=None):
     """What the torch path computed before issue #26: plain autograd ops, one expert at a time, each expert's
-    weights its own leaf tensors (or the given `leaves`). Returns (y, x leaf, [[w1 leaves], [w3], [w2]])."""
+    weights its own leaf tensors (or the given `leaves`), then each row times its routing weight r_R (a leaf;
+    None: no weighting), as combine did. Returns (y, x leaf, [[w1 leaves], [w3], [w2]])."""
     x = x_RD.detach().clone().requires_grad_(x_grad)
     if leaves is None:
         leaves = [[w[i].detach().clone().requires_grad_(w_grad) for i in range(w.shape[0])] for w in (w1, w3, w2)]
@@ -24,7 +25,7 @@ def reference_rows(x_RD, w1, w3, w2, counts, x_grad=True, w_grad=True, leaves=No
         outs.append((F.silu(x_n @ leaves[0][i].t()) * (x_n @ leaves[1][i].t())) @ leaves[2][i].t())
         start += n
     y = torch.cat(outs)
-    return y, x, leaves
+    return (y if r_R is None else y * r_R[:, None]), x, leaves
 
 
 def grads_of(leaves):
@@ -49,21 +50,27 @@ SHAPES = [  # (E, F, D, counts per expert)
 ]
 
 
+@pytest.mark.parametrize("weighted", [True, False])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
 @pytest.mark.parametrize("E,F_,D,counts", SHAPES)
-def test_sorted_rows_match_reference(E, F_, D, counts, dtype, tol):
+def test_sorted_rows_match_reference(E, F_, D, counts, dtype, tol, weighted):
     ex = experts_with(E, F_, D, seed=E * 100 + D, dtype=dtype)
     R = sum(counts)
     gen = torch.Generator().manual_seed(R)
     x = torch.randn(R, D, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
     g = torch.randn(R, D, generator=gen, dtype=torch.float64).to(dtype)
-    y = ex.sorted_rows(x, counts)
+    r = torch.rand(R, generator=gen, dtype=torch.float64).to(dtype).requires_grad_() if weighted else None
+    y = ex.sorted_rows(x, r, counts)
     (y * g).sum().backward()
-    y_ref, x_ref, leaves = reference_rows(x, ex.w1, ex.w3, ex.w2, counts)
+    r_ref = r.detach().to(dtype).requires_grad_() if weighted else None
+    y_ref, x_ref, leaves = reference_rows(x, ex.w1, ex.w3, ex.w2, counts, r_R=r_ref)
     (y_ref * g).sum().backward()
     got = [y, x.grad, ex.w1.grad, ex.w3.grad, ex.w2.grad]
     want = [y_ref, x_ref.grad] + grads_of(leaves)
-    for name, a, b in zip(["y", "dx", "dw1", "dw3", "dw2"], got, want):
+    if weighted:
+        got.append(r.grad)
+        want.append(r_ref.grad)
+    for name, a, b in zip(["y", "dx", "dw1", "dw3", "dw2", "dr"], got, want):
         assert a.shape == b.shape and a.dtype == b.dtype, name
         scale = b.abs().max().item()
         assert scale > 0, name
@@ -81,15 +88,15 @@ def test_grads_accumulate_and_frozen_weights_get_none():
     E, F_, D, counts = 4, 8, 16, [3, 0, 5, 2]
     ex = experts_with(E, F_, D, seed=3)
     x = torch.randn(10, D, generator=torch.Generator().manual_seed(4))
-    ex.sorted_rows(x, counts).square().sum().backward()
-    ex.sorted_rows(x, counts).square().sum().backward()
+    ex.sorted_rows(x, None, counts).square().sum().backward()
+    ex.sorted_rows(x, None, counts).square().sum().backward()
     y_ref, x_ref, leaves = reference_rows(x, ex.w1, ex.w3, ex.w2, counts)
     y_ref.square().sum().backward()
     for w, ref in zip((ex.w1, ex.w3, ex.w2), grads_of(leaves)):
         torch.testing.assert_close(w.grad, 2 * ref, rtol=1e-6, atol=1e-6)
     ex.zero_grad(set_to_none=True)
     ex.w3.requires_grad_(False)
-    ex.sorted_rows(x, counts).square().sum().backward()
+    ex.sorted_rows(x, None, counts).square().sum().backward()
     assert ex.w3.grad is None
     torch.testing.assert_close(ex.w1.grad, grads_of(leaves)[0], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(ex.w2.grad, grads_of(leaves)[2], rtol=1e-6, atol=1e-6)
@@ -108,7 +115,7 @@ def test_autocast_bf16_matches_the_autograd_loop():
     ex = experts_with(E, F_, D, seed=7)
     x = torch.randn(20, D, generator=torch.Generator().manual_seed(8)).requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = ex.sorted_rows(x, counts)
+        y = ex.sorted_rows(x, None, counts)
         y_ref, x_ref, leaves = reference_rows(x, ex.w1, ex.w3, ex.w2, counts)
     assert y.dtype == y_ref.dtype == torch.bfloat16
     y.float().square().sum().backward()
@@ -119,6 +126,26 @@ def test_autocast_bf16_matches_the_autograd_loop():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     # dx = dh1 @ w1 + dh3 @ w3: one bf16 addmm here, two bf16 matmuls and a bf16 add in the loop (<= 1 bf16 ulp)
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=0, atol=2**-8 * x_ref.grad.abs().max().item())
+
+
+def test_autocast_bf16_weighted_rows_match_the_loop_weighted_after():
+    """Routing weights applied before the down projection (ours) or to its output (the loop, as combine did):
+    the same function, within bf16 rounding; the weights' gradient comes back in their own dtype (fp32)."""
+    E, F_, D, counts = 4, 16, 32, [6, 0, 9, 5]
+    ex = experts_with(E, F_, D, seed=9)
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(20, D, generator=gen).requires_grad_()
+    r = torch.rand(20, generator=gen).requires_grad_()
+    r_ref = r.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ex.sorted_rows(x, r, counts)
+        y_ref, x_ref, leaves = reference_rows(x, ex.w1, ex.w3, ex.w2, counts, r_R=r_ref.to(torch.bfloat16))
+    y.float().square().sum().backward()
+    y_ref.float().square().sum().backward()
+    assert r.grad.dtype == torch.float32
+    for a, b in zip([y, x.grad, r.grad, ex.w1.grad, ex.w3.grad, ex.w2.grad],
+                    [y_ref, x_ref.grad, r_ref.grad] + grads_of(leaves)):
+        torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=2**-6 * b.abs().max().item())
 
 
 def saved_bytes(fn, params) -> int:
@@ -147,13 +174,13 @@ def test_saved_for_backward_is_x_h1_h3(x_grad, w_grad):
     ex = experts_with(E, F_, D, seed=2)
     ex.requires_grad_(w_grad)
     x = torch.randn(R, D, generator=torch.Generator().manual_seed(6)).requires_grad_(x_grad)
-    ours = saved_bytes(lambda: ex.sorted_rows(x, counts), ex.parameters())
+    ours = saved_bytes(lambda: ex.sorted_rows(x, None, counts), ex.parameters())
     assert ours == 4 * (R * D * w_grad + 2 * R * F_)
     leaves = [[w[i].detach().clone().requires_grad_(w_grad) for i in range(E)] for w in (ex.w1, ex.w3, ex.w2)]
     loop = saved_bytes(lambda: reference_rows(x, ex.w1, ex.w3, ex.w2, counts, x_grad, w_grad, leaves),
                        [t for ws in leaves for t in ws])
     assert ours < loop
-    ex.sorted_rows(x, counts).square().sum().backward()
+    ex.sorted_rows(x, None, counts).square().sum().backward()
     y_ref, x_ref, _ = reference_rows(x, ex.w1, ex.w3, ex.w2, counts, x_grad, w_grad, leaves)
     y_ref.square().sum().backward()
     assert (x.grad is not None) == x_grad
