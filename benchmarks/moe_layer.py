@@ -172,8 +172,8 @@ def _memory(module, x) -> dict:
     return {"saved_for_backward_bytes": _saved_bytes(module, x)}
 
 
-def measure_interleaved(steps: dict, device, warmup: int, iters: int) -> dict:
-    """Median time of each (step, after) pair, timed in alternation; returns {name: [seconds, ...]}."""
+def measure_interleaved(steps: dict, device, warmup: int, iters: int, clock=time.perf_counter) -> dict:
+    """Times of each (step, after) pair, timed in alternation with `clock`; returns {name: [seconds, ...]}."""
     for _ in range(warmup):
         for step, after in steps.values():
             step()
@@ -182,17 +182,21 @@ def measure_interleaved(steps: dict, device, warmup: int, iters: int) -> dict:
     for _ in range(iters):
         for name, (step, after) in steps.items():
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             step()
             _sync(device)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
             after()
     return times
 
 
 def run_benchmark(hidden=128, ffn=256, experts=8, top_k=2, batch=4, seq=512, device=None, dtype=torch.float32,
-                  warmup=3, iters=10, use_kernels="auto", mixtral=True) -> dict:
+                  warmup=3, iters=10, use_kernels="auto", mixtral=True, cpu_time=False) -> dict:
+    """cpu_time: time with this thread's CPU time instead of the wall clock (CPU, one torch thread only: then
+    every op and the backward run on this thread, and the time spent waiting for a busy core is not counted)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if cpu_time and (device.type != "cpu" or torch.get_num_threads() != 1):
+        raise ValueError("CPU time needs device cpu and 1 torch thread (other threads' work would not be counted)")
     ours = build_ours(hidden, ffn, experts, top_k, device, dtype, use_kernels).train()
     modules = {"ours": ours, "loop": build_loop(ours).train()}
     if mixtral:
@@ -211,7 +215,7 @@ def run_benchmark(hidden=128, ffn=256, experts=8, top_k=2, batch=4, seq=512, dev
     n_mm = max(1, round(flops / (2.0 * GEMM_N**3)))
     steps = {name: layer_step(m, x) for name, m in modules.items()}
     steps["floor"] = gemm_step(device, dtype, n_mm)
-    times = measure_interleaved(steps, device, warmup, iters)
+    times = measure_interleaved(steps, device, warmup, iters, time.thread_time if cpu_time else time.perf_counter)
     res = {}
     for name, m in modules.items():
         med = statistics.median(times[name])
@@ -220,11 +224,14 @@ def run_benchmark(hidden=128, ffn=256, experts=8, top_k=2, batch=4, seq=512, dev
     floor_s = flops / rate
     out = {"config": dict(hidden=hidden, ffn=ffn, experts=experts, top_k=top_k, batch=batch, seq=seq,
                           dtype=str(dtype).replace("torch.", ""), device=str(device),
-                          threads=torch.get_num_threads(), use_kernels=use_kernels),
+                          threads=torch.get_num_threads(), use_kernels=use_kernels,
+                          clock="thread CPU time" if cpu_time else "wall"),
            "max_abs_diff": max(diffs.values()), "max_abs_diff_by_baseline": diffs, **res,
            "floor": {"median_s": floor_s, "gemm_flops_per_s": rate, "gemm_calls": n_mm},
            "vs_loop": res["loop"]["median_s"] / res["ours"]["median_s"],
            "ours_over_floor": res["ours"]["median_s"] / floor_s,
+           "vs_loop_per_iteration_median": statistics.median(
+               lo / us for lo, us in zip(times["loop"], times["ours"])),
            "loop_over_floor": res["loop"]["median_s"] / floor_s}
     if mixtral:
         out["speedup"] = res["mixtral_hf"]["median_s"] / res["ours"]["median_s"]

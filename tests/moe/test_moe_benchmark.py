@@ -39,9 +39,22 @@ def test_moe_benchmark_without_mixtral(tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
     assert "mixtral_hf" not in res and "speedup" not in res and set(res["max_abs_diff_by_baseline"]) == {"loop"}
-    assert res["max_abs_diff"] < 1e-5 and res["vs_loop"] > 0
+    assert res["max_abs_diff"] < 1e-5 and res["vs_loop"] > 0 and res["config"]["clock"] == "wall"
+
+
+def test_moe_benchmark_cpu_time(tmp_path):
+    out = tmp_path / "bench.json"
+    r = _tool("--hidden", "16", "--ffn", "8", "--experts", "4", "--batch", "1", "--seq", "8", "--warmup", "0",
+              "--iters", "2", "--no-mixtral", "--threads", "1", "--cpu-time", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["config"]["clock"] == "thread CPU time" and res["config"]["threads"] == 1
+    assert res["ours"]["median_s"] > 0 and res["floor"]["median_s"] > 0
 
 
 def test_moe_benchmark_bad_input():
     r = _tool("--iters", "0")
     assert r.returncode == 2 and r.stderr.strip().splitlines() == ["error: --warmup must be >= 0 and --iters >= 1"]
+    r = _tool("--threads", "2", "--cpu-time")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: --cpu-time needs --threads 1 (the time of other threads would not be counted)"]
