@@ -1,14 +1,18 @@
-"""MoE layer forward+backward benchmark against transformers' MixtralSparseMoeBlock (same config and weights,
-same inputs, measured in the same run). Driven by tools/benchmark_moe_layer.py.
+"""MoE layer forward+backward benchmark, driven by tools/benchmark_moe_layer.py. Measured in one process, timings
+alternating (A B C A B C ...) so that a machine whose speed drifts (shared CPUs, turbo, thermal) biases no side:
 
-Our layer runs as a Mixtral router (softmax_topk, score scale 1, aux and z losses off: the HF block computes none)
-so both compute the same function; the benchmark checks that first. Memory: peak allocated bytes on CUDA; on
-CPU, the bytes saved for backward (activation memory), counted with saved-tensor hooks.
+  ours        our MoELayer as a Mixtral router (softmax_topk, score scale 1, aux and z losses off)
+  loop        the baseline written here: a plain loop over experts, each expert its own three `nn.Linear`
+              (how LLaMA-MoE v1's layer is written: sort the (token, slot) pairs by expert, split, one expert
+              module per chunk, cat, weight, index_add). It shares the weight storage of ours (separate
+              parameters and gradients), so the largest shapes fit in memory once.
+  mixtral_hf  transformers' MixtralSparseMoeBlock with the same weights (optional: slow at large shapes)
+  floor       the expert matmuls' FLOPs (forward 3 GEMMs of 2·T·K·D·F, backward twice that) at this machine's
+              GEMM rate, measured in the alternation on as many 1024³ matmuls as the layer has FLOPs. Any layer
+              that runs those matmuls needs at least that long; routing, SwiGLU and token movement come on top.
 
-It also reports a *floor*: the expert matmuls' FLOPs (forward 3 GEMMs of 2·T·K·D·F, backward twice that) divided
-by this machine's GEMM rate, measured in the same run on one square matmul of the same dtype. Any layer that
-runs those matmuls needs at least that long, so Mixtral time / floor bounds the speed-up over Mixtral of such a
-layer (routing, SwiGLU and token movement come on top).
+All layers are checked to compute the same function first. Memory: peak allocated bytes on CUDA; on CPU, the
+activation memory: the distinct storages saved for backward (parameters excluded), counted with saved-tensor hooks.
 """
 from __future__ import annotations
 
@@ -16,17 +20,51 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from megatron_moe.config import ModelConfig, MoEConfig
 from megatron_moe.parallel import ParallelState
 
+GEMM_N = 1024
 
-def build_pair(hidden: int, ffn: int, experts: int, top_k: int, device: torch.device, dtype: torch.dtype,
-               use_kernels: str = "auto", seed: int = 0):
-    """(our MoELayer, HF MixtralSparseMoeBlock) with identical weights."""
-    from transformers import MixtralConfig
-    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
+class LoopExpert(nn.Module):
+    def __init__(self, hidden: int, ffn: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, ffn, bias=False)
+        self.up_proj = nn.Linear(hidden, ffn, bias=False)
+        self.down_proj = nn.Linear(ffn, hidden, bias=False)
+
+    def forward(self, x_nD):
+        return self.down_proj(F.silu(self.gate_proj(x_nD)) * self.up_proj(x_nD))
+
+
+class LoopMoE(nn.Module):
+    """The baseline: Mixtral routing, then one expert module per expert over its sorted chunk of rows."""
+
+    def __init__(self, hidden: int, ffn: int, experts: int, top_k: int):
+        super().__init__()
+        self.top_k = top_k
+        self.gate = nn.Linear(hidden, experts, bias=False)
+        self.experts = nn.ModuleList(LoopExpert(hidden, ffn) for _ in range(experts))
+
+    def forward(self, x_BSD):
+        x_TD = x_BSD.reshape(-1, x_BSD.shape[-1])
+        p_TE = torch.softmax(self.gate(x_TD), dim=-1)
+        p_TK, idx_TK = p_TE.topk(self.top_k, dim=-1)
+        w_TK = p_TK / p_TK.sum(-1, keepdim=True)
+        e_P = idx_TK.reshape(-1)
+        order_P = torch.argsort(e_P, stable=True)
+        counts = torch.bincount(e_P, minlength=len(self.experts)).tolist()
+        tok_P = order_P // self.top_k
+        chunks = x_TD[tok_P].split(counts)
+        out_PD = torch.cat([self.experts[e](x_nD) for e, x_nD in enumerate(chunks) if x_nD.shape[0]])
+        out_PD = out_PD * w_TK.reshape(-1)[order_P, None]
+        return torch.zeros_like(x_TD).index_add(0, tok_P, out_PD).view_as(x_BSD)
+
+
+def build_ours(hidden: int, ffn: int, experts: int, top_k: int, device, dtype, use_kernels="auto", seed=0):
     from megatron_moe.model.moe import MoELayer
 
     model = ModelConfig(hidden_size=hidden, intermediate_size=ffn * experts, num_layers=1, num_heads=1)
@@ -37,29 +75,36 @@ def build_pair(hidden: int, ffn: int, experts: int, top_k: int, device: torch.de
     with torch.no_grad():
         for p in ours.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    hf_cfg = MixtralConfig(hidden_size=hidden, intermediate_size=ffn, num_local_experts=experts,
-                           num_experts_per_tok=top_k, router_jitter_noise=0.0)
-    hf = MixtralSparseMoeBlock(hf_cfg)
+    return ours.to(device=device, dtype=dtype)
+
+
+def build_loop(ours) -> LoopMoE:
+    """The loop baseline over the weight storage of `ours` (its own parameters, gradients and modules)."""
+    E, F_, D = ours.experts.w1.shape
+    loop = LoopMoE(D, F_, E, ours.router.k).to(ours.experts.w1.device)
+    loop.gate.weight = nn.Parameter(ours.router.gate.weight.detach())
+    for e, ex in enumerate(loop.experts):
+        ex.gate_proj.weight = nn.Parameter(ours.experts.w1.detach()[e])
+        ex.up_proj.weight = nn.Parameter(ours.experts.w3.detach()[e])
+        ex.down_proj.weight = nn.Parameter(ours.experts.w2.detach()[e])
+    return loop
+
+
+def build_mixtral(ours):
+    """transformers' MixtralSparseMoeBlock with the weights of `ours`."""
+    from transformers import MixtralConfig
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+    E, F_, D = ours.experts.w1.shape
+    w = ours.experts.w1
+    cfg = MixtralConfig(hidden_size=D, intermediate_size=F_, num_local_experts=E, num_experts_per_tok=ours.router.k,
+                        router_jitter_noise=0.0)
+    hf = MixtralSparseMoeBlock(cfg).to(device=w.device, dtype=w.dtype)
     with torch.no_grad():
         hf.gate.weight.copy_(ours.router.gate.weight)
         hf.experts.gate_up_proj.copy_(torch.cat([ours.experts.w1, ours.experts.w3], dim=1))
         hf.experts.down_proj.copy_(ours.experts.w2)
-    return ours.to(device=device, dtype=dtype), hf.to(device=device, dtype=dtype)
-
-
-def gemm_rate(device: torch.device, dtype: torch.dtype, n: int = 1024, iters: int = 5) -> float:
-    """FLOP/s of an n x n x n matmul on this machine now (the best of `iters` timed runs)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(iters):
-        _sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best
+    return hf
 
 
 def expert_flops(tokens: int, top_k: int, hidden: int, ffn: int) -> float:
@@ -72,78 +117,123 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _step(module, x):
+def _output(module, x):
     y = module(x)
-    y = y[0] if isinstance(y, tuple) else y
-    y.float().square().mean().backward()
-    return y
+    return y[0] if isinstance(y, tuple) else y
+
+
+def layer_step(module, x):
+    """One forward + backward; the gradients are dropped afterwards (outside the timing) to free their memory."""
+    def step():
+        module.zero_grad(set_to_none=True)
+        _output(module, x).float().square().mean().backward()
+
+    def after():
+        module.zero_grad(set_to_none=True)
+    return step, after
+
+
+def gemm_step(device, dtype, n_mm: int):
+    a = torch.randn(GEMM_N, GEMM_N, device=device, dtype=dtype)
+    b = torch.randn(GEMM_N, GEMM_N, device=device, dtype=dtype)
+    c = torch.empty(GEMM_N, GEMM_N, device=device, dtype=dtype)
+
+    def step():
+        for _ in range(n_mm):
+            torch.mm(a, b, out=c)
+    return step, lambda: None
 
 
 def _saved_bytes(module, x) -> int:
-    total = [0]
+    """Activation memory: bytes of the distinct storages the forward's graph keeps for backward, the module's
+    parameters excluded (they live anyway; a view of a weight saved per expert costs nothing)."""
+    own = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    kept = {}
 
     def pack(t):
-        total[0] += t.numel() * t.element_size()
+        st = t.untyped_storage()
+        if st.data_ptr() not in own:
+            kept[st.data_ptr()] = st.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = module(x)
-        y = y[0] if isinstance(y, tuple) else y
+        y = _output(module, x)
     del y
-    return total[0]
+    return sum(kept.values())
 
 
 def _memory(module, x) -> dict:
     if x.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(x.device)
-        _step(module, x)
+        step, after = layer_step(module, x)
+        step()
+        after()
         return {"peak_allocated_bytes": torch.cuda.max_memory_allocated(x.device)}
     return {"saved_for_backward_bytes": _saved_bytes(module, x)}
 
 
-def measure_interleaved(modules: dict, x, warmup: int, iters: int) -> dict:
-    """Median fwd+bwd time of each module, timed in alternation (A B A B ...) so that a machine whose speed
-    drifts (shared CPUs, turbo, thermal) biases neither side."""
-    device = x.device
+def measure_interleaved(steps: dict, device, warmup: int, iters: int, clock=time.perf_counter) -> dict:
+    """Times of each (step, after) pair, timed in alternation with `clock`; returns {name: [seconds, ...]}."""
     for _ in range(warmup):
-        for m in modules.values():
-            _step(m, x)
-    times = {name: [] for name in modules}
+        for step, after in steps.values():
+            step()
+            after()
+    times = {name: [] for name in steps}
     for _ in range(iters):
-        for name, m in modules.items():
-            m.zero_grad(set_to_none=True)
+        for name, (step, after) in steps.items():
             _sync(device)
-            t0 = time.perf_counter()
-            _step(m, x)
+            t0 = clock()
+            step()
             _sync(device)
-            times[name].append(time.perf_counter() - t0)
-    out = {}
-    for name, m in modules.items():
-        med = statistics.median(times[name])
-        out[name] = {"median_s": med, "tokens_per_s": x.shape[0] * x.shape[1] / med, **_memory(m, x)}
-    return out
+            times[name].append(clock() - t0)
+            after()
+    return times
 
 
 def run_benchmark(hidden=128, ffn=256, experts=8, top_k=2, batch=4, seq=512, device=None, dtype=torch.float32,
-                  warmup=3, iters=10, use_kernels="auto") -> dict:
+                  warmup=3, iters=10, use_kernels="auto", mixtral=True, cpu_time=False) -> dict:
+    """cpu_time: time with this thread's CPU time instead of the wall clock (CPU, one torch thread only: then
+    every op and the backward run on this thread, and the time spent waiting for a busy core is not counted)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    ours, hf = build_pair(hidden, ffn, experts, top_k, device, dtype, use_kernels)
-    ours.train()
-    hf.train()
+    if cpu_time and (device.type != "cpu" or torch.get_num_threads() != 1):
+        raise ValueError("CPU time needs device cpu and 1 torch thread (other threads' work would not be counted)")
+    ours = build_ours(hidden, ffn, experts, top_k, device, dtype, use_kernels).train()
+    modules = {"ours": ours, "loop": build_loop(ours).train()}
+    if mixtral:
+        modules["mixtral_hf"] = build_mixtral(ours).train()
     x = torch.randn(batch, seq, hidden, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
-    with torch.no_grad():
-        diff = (ours(x) - hf(x)).abs().max().item()
     tol = 1e-4 if dtype == torch.float32 else 3e-2
-    if not diff <= tol:  # NaN fails
-        raise RuntimeError(f"our layer and MixtralSparseMoeBlock disagree: max |diff| = {diff:.3g} > {tol}")
-    res = measure_interleaved({"ours": ours, "mixtral_hf": hf}, x, warmup, iters)
-    res_ours, res_hf = res["ours"], res["mixtral_hf"]
-    rate = gemm_rate(device, dtype)
-    floor_s = expert_flops(batch * seq, top_k, hidden, ffn) / rate
-    return {"config": dict(hidden=hidden, ffn=ffn, experts=experts, top_k=top_k, batch=batch, seq=seq,
-                           dtype=str(dtype).replace("torch.", ""), device=str(device),
-                           threads=torch.get_num_threads(), use_kernels=use_kernels),
-            "max_abs_diff": diff, "ours": res_ours, "mixtral_hf": res_hf,
-            "floor": {"median_s": floor_s, "gemm_flops_per_s": rate},
-            "speedup": res_hf["median_s"] / res_ours["median_s"],
-            "max_possible_speedup": res_hf["median_s"] / floor_s}
+    diffs = {}
+    with torch.no_grad():
+        y = ours(x)
+        for name in list(modules)[1:]:
+            diffs[name] = (_output(modules[name], x) - y).abs().max().item()
+            if not diffs[name] <= tol:  # NaN fails
+                raise RuntimeError(f"our layer and {name} disagree: max |diff| = {diffs[name]:.3g} > {tol}")
+        del y
+    flops = expert_flops(batch * seq, top_k, hidden, ffn)
+    n_mm = max(1, round(flops / (2.0 * GEMM_N**3)))
+    steps = {name: layer_step(m, x) for name, m in modules.items()}
+    steps["floor"] = gemm_step(device, dtype, n_mm)
+    times = measure_interleaved(steps, device, warmup, iters, time.thread_time if cpu_time else time.perf_counter)
+    res = {}
+    for name, m in modules.items():
+        med = statistics.median(times[name])
+        res[name] = {"median_s": med, "tokens_per_s": batch * seq / med, **_memory(m, x)}
+    rate = n_mm * 2.0 * GEMM_N**3 / statistics.median(times["floor"])
+    floor_s = flops / rate
+    out = {"config": dict(hidden=hidden, ffn=ffn, experts=experts, top_k=top_k, batch=batch, seq=seq,
+                          dtype=str(dtype).replace("torch.", ""), device=str(device),
+                          threads=torch.get_num_threads(), use_kernels=use_kernels,
+                          clock="thread CPU time" if cpu_time else "wall"),
+           "max_abs_diff": max(diffs.values()), "max_abs_diff_by_baseline": diffs, **res,
+           "floor": {"median_s": floor_s, "gemm_flops_per_s": rate, "gemm_calls": n_mm},
+           "vs_loop": res["loop"]["median_s"] / res["ours"]["median_s"],
+           "ours_over_floor": res["ours"]["median_s"] / floor_s,
+           "vs_loop_per_iteration_median": statistics.median(
+               lo / us for lo, us in zip(times["loop"], times["ours"])),
+           "loop_over_floor": res["loop"]["median_s"] / floor_s}
+    if mixtral:
+        out["speedup"] = res["mixtral_hf"]["median_s"] / res["ours"]["median_s"]
+        out["max_possible_speedup"] = res["mixtral_hf"]["median_s"] / floor_s
+    return out

@@ -10,16 +10,18 @@ Rules (every step's backward is the transpose of its forward):
                rank) and then each TP rank keeps its 1/tp chunk of the flattened tokens (`scatter_seq`; backward
                all-gathers the token gradients). Needs B*S divisible by tp.
   2. capacity: optional dropping (see `apply_capacity`), on this rank's tokens, before any communication.
-  3. ETP:      all-gather the tokens (and their expert choices) over the expert-TP group: every ETP rank of an
-               expert then sees the same rows and applies its F/etp slice (backward: reduce-scatter).
+  3. ETP:      all-gather the tokens (and their expert choices and routing weights) over the expert-TP group:
+               every ETP rank of an expert then sees the same rows and applies its F/etp slice (backward:
+               reduce-scatter).
   4. EP:       sort assignments by global expert; all-to-all the per-expert counts over the EP group; ONE host sync
-               (`.tolist()` of local + received counts) gives the split sizes; all-to-all the rows; re-sort the
-               received [source rank][local expert] chunks by local expert.
-  5. experts on rows sorted by local expert.
-  6. combine:  inverse of 4 (un-sort, all-to-all back), weight each row by its routing weight and add it to its
-               token (dropped slots add nothing), then reduce-scatter the partial
-               (F-slice) results over ETP, then undo 1 (without SP: all-reduce of the zero-padded chunks, whose
-               backward hands each rank its own chunk of the replicated output gradient).
+               (`.tolist()` of local + received counts) gives the split sizes; all-to-all the rows and their
+               routing weights; re-sort the received [source rank][local expert] chunks by local expert.
+  5. experts on rows sorted by local expert; each row's output comes back scaled by its routing weight (the
+               experts apply it on the [R, F] activation, F/D of the traffic of scaling the [R, D] output here).
+  6. combine:  inverse of 4 (un-sort, all-to-all back), add each row to its token (dropped slots add nothing),
+               then reduce-scatter the partial (F-slice) results over ETP, then undo 1 (without SP: all-reduce of
+               the zero-padded chunks, whose backward hands each rank its own chunk of the replicated output
+               gradient).
 This scheme moves etp x more rows through the EP all-to-all than megatron-core (which all-gathers over ETP after
 the all-to-all, with uneven sizes); it needs only equal-size ETP collectives.
 """
@@ -97,11 +99,14 @@ class Dispatcher:
         return all_reduce_sum(torch.cat([before, y_TD, after]), ps.tp_group)
 
     # ---------------------------------------------------------------------------- 3-4. dispatch
-    def dispatch(self, x_TD: torch.Tensor, indices_TK: torch.Tensor) -> tuple[torch.Tensor, Plan]:
-        """Rows for this rank's experts, sorted by local expert, and the plan to send results back."""
+    def dispatch(self, x_TD: torch.Tensor, weights_TK: torch.Tensor,
+                 indices_TK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Plan]:
+        """Rows for this rank's experts sorted by local expert, their routing weights [R], and the plan to send
+        results back."""
         ps, E, e = self.ps, self.E, self.e
         if ps.etp_size > 1:
             x_TD = gather_seq(x_TD, ps.etp_group, 0)
+            weights_TK = gather_seq(weights_TK, ps.etp_group, 0)
             indices_TK = gather_seq(indices_TK, ps.etp_group, 0)
         T, K = indices_TK.shape
         key_P = indices_TK.reshape(-1)
@@ -117,17 +122,19 @@ class Dispatcher:
         n_valid = sum(send_E)
         order_V = order_P[:n_valid]
         x_VD = x_TD.index_select(0, order_V // K)
+        w_V = weights_TK.reshape(-1).index_select(0, order_V)
         send_splits = [sum(send_E[r * e:(r + 1) * e]) for r in range(ps.ep_size)]
         recv_splits = [sum(recv[r * e:(r + 1) * e]) for r in range(ps.ep_size)]
         counts_e = [sum(recv[r * e + i] for r in range(ps.ep_size)) for i in range(e)]
         perm_R = None
         if ps.ep_size > 1:
             x_RD = all_to_all(x_VD, recv_splits, send_splits, ps.ep_group)
+            w_R = all_to_all(w_V, recv_splits, send_splits, ps.ep_group)
             perm_R = self._expert_major_perm(recv, x_RD.device)
-            x_RD = x_RD.index_select(0, perm_R)
+            x_RD, w_R = x_RD.index_select(0, perm_R), w_R.index_select(0, perm_R)
         else:
-            x_RD = x_VD
-        return x_RD, Plan(T, K, order_V, send_splits, recv_splits, perm_R, counts_e)
+            x_RD, w_R = x_VD, w_V
+        return x_RD, w_R, Plan(T, K, order_V, send_splits, recv_splits, perm_R, counts_e)
 
     def _expert_major_perm(self, recv: list, device: torch.device) -> torch.Tensor:
         """Received rows come as [source rank][local expert] chunks; index that reads them expert-major."""
@@ -147,18 +154,15 @@ class Dispatcher:
         return torch.arange(acc, device=device) + torch.repeat_interleave(shift, sizes_t, output_size=acc)
 
     # ------------------------------------------------------------------------------- 6. combine
-    def combine(self, out_RD: torch.Tensor, weights_TK: torch.Tensor, plan: Plan) -> torch.Tensor:
-        """Expert outputs back to their tokens, weighted sum over K; [T_local, D]."""
+    def combine(self, out_RD: torch.Tensor, plan: Plan) -> torch.Tensor:
+        """Weighted expert outputs back to their tokens, summed over K; [T_local, D]."""
         ps = self.ps
         if plan.perm_R is not None:
             out_RD = torch.empty_like(out_RD).index_copy(0, plan.perm_R, out_RD)
             out_RD = all_to_all(out_RD, plan.send_splits, plan.recv_splits, ps.ep_group)
-        if ps.etp_size > 1:
-            weights_TK = gather_seq(weights_TK, ps.etp_group, 0)
-        # out_RD is now in order_V order: weight each row, then add it to its token (index_add; on CUDA it is
-        # bitwise reproducible for K <= 2, or for any K under torch.use_deterministic_algorithms)
-        w_V1 = weights_TK.reshape(-1).to(out_RD.dtype).index_select(0, plan.order_V)[:, None]
-        y_TD = out_RD.new_zeros(plan.T, out_RD.shape[1]).index_add(0, plan.order_V // plan.K, out_RD * w_V1)
+        # out_RD is now in order_V order: add each row to its token (index_add; on CUDA it is bitwise reproducible
+        # for K <= 2, or for any K under torch.use_deterministic_algorithms)
+        y_TD = out_RD.new_zeros(plan.T, out_RD.shape[1]).index_add(0, plan.order_V // plan.K, out_RD)
         if ps.etp_size > 1:
             y_TD = reduce_scatter_seq(y_TD, ps.etp_group, 0)
         return y_TD

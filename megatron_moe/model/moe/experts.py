@@ -7,20 +7,20 @@ F_l local expert FFN width (F / etp), K top-k.
     expert(x) = w2 @ (silu(w1 @ x) * (w3 @ x))
 
 Splits: experts over EP (dim 0), the F dim over ETP; every expert parameter is `is_expert`.
-Torch path: rows arrive sorted by local expert; one matmul triple per non-empty expert on a contiguous slice.
-(`torch._grouped_mm` exists in torch 2.13 but its CPU backward fails for these layouts, so it is not used.)
-Kernel path: `moe_kernels.moe_mlp` (Triton on CUDA).
+Torch path: rows arrive sorted by local expert with their routing weights; one matmul triple per non-empty expert
+on a contiguous slice, in one autograd Function that writes outputs and weight gradients in place (sorted_mlp.py).
+Kernel path: `moe_kernels.moe_mlp` (Triton on CUDA). Both return the rows' outputs already weighted.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...parallel import ParallelState
 from ..sharding import Split, mark
+from .sorted_mlp import sorted_swiglu
 
 
 class Experts(nn.Module):
@@ -40,42 +40,34 @@ class Experts(nn.Module):
         mark(self.w3, ep, Split(1, *etp), is_expert=True)
         mark(self.w2, ep, Split(2, *etp), is_expert=True)
 
-    def sorted_rows(self, x_RD: torch.Tensor, counts_e: Sequence[int]) -> torch.Tensor:
-        """Torch path: rows sorted by local expert, counts_e[i] rows for expert i -> expert outputs [R, D].
-        (Measured on CPU: this autograd loop is compute-bound; a hand-written backward and a fused gate|up matmul
-        were both slower.)"""
-        outs, start = [], 0
-        # unbind once: indexing w[i] per expert makes autograd allocate a full-size zero grad per expert
-        w1_FD, w3_FD, w2_DF = self.w1.unbind(0), self.w3.unbind(0), self.w2.unbind(0)
-        for i, n in enumerate(counts_e):
-            if n == 0:
-                continue
-            x_nD = x_RD[start:start + n]
-            h_nF = F.silu(x_nD @ w1_FD[i].t()) * (x_nD @ w3_FD[i].t())
-            outs.append(h_nF @ w2_DF[i].t())
-            start += n
-        if not outs:
-            return self.no_rows(x_RD)
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
+    def sorted_rows(self, x_RD: torch.Tensor, w_R: Optional[torch.Tensor], counts_e: Sequence[int]) -> torch.Tensor:
+        """Torch path: rows sorted by local expert, counts_e[i] rows for expert i, each row's output scaled by its
+        routing weight w_R (None: 1) -> [R, D] (one autograd Function writing outputs and gradients in place:
+        sorted_mlp.py)."""
+        if not any(counts_e):
+            return self.no_rows(x_RD, w_R)
+        return sorted_swiglu(x_RD, self.w1, self.w3, self.w2, counts_e, w_R)
 
-    def no_rows(self, x_RD: torch.Tensor) -> torch.Tensor:
-        """Result for a rank whose experts received no rows: still attached to x and the weights, so this rank
-        joins the backward all-to-alls like its peers (and its expert grads are zeros, not None)."""
+    def no_rows(self, x_RD: torch.Tensor, w_R: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Result for a rank whose experts received no rows: still attached to x, the routing weights and the
+        expert weights, so this rank joins the backward all-to-alls like its peers (and its expert grads are
+        zeros, not None)."""
         zero = (self.w1.sum() + self.w3.sum() + self.w2.sum()) * 0.0
+        if w_R is not None:
+            zero = zero + w_R.sum() * 0.0
         return x_RD * 0.0 + zero
 
-    def kernel_rows(self, x_RD: torch.Tensor, counts_e: Sequence[int]) -> torch.Tensor:
-        """Kernel path on rows sorted by local expert (weight 1 per row; routing weights applied at combine)."""
+    def kernel_rows(self, x_RD: torch.Tensor, w_R: torch.Tensor, counts_e: Sequence[int]) -> torch.Tensor:
+        """Kernel path on rows sorted by local expert, each row its own token of weight w_R."""
         import moe_kernels
 
         R = x_RD.shape[0]
         if R == 0:
-            return self.no_rows(x_RD)
+            return self.no_rows(x_RD, w_R)
         counts = torch.tensor(list(counts_e), device=x_RD.device)
         expert_R1 = torch.repeat_interleave(torch.arange(len(counts_e), device=x_RD.device), counts,
                                             output_size=R)[:, None]
-        ones_R1 = torch.ones(R, 1, dtype=torch.float32, device=x_RD.device)
-        return moe_kernels.moe_mlp(x_RD, ones_R1, expert_R1, self.w1, self.w3, self.w2)
+        return moe_kernels.moe_mlp(x_RD, w_R.float()[:, None], expert_R1, self.w1, self.w3, self.w2)
 
     def fused_tokens(self, x_TD: torch.Tensor, weights_TK: torch.Tensor, indices_TK: torch.Tensor) -> torch.Tensor:
         """Kernel path when every expert is local (EP = ETP = 1): route, compute and combine in one call;

@@ -75,9 +75,9 @@ class MoELayer(nn.Module):
         if kernels and self.ps.ep_size == 1 and self.ps.etp_size == 1:
             y_TD = self.experts.fused_tokens(x_TD, w_TK, idx_TK)  # dispatch+compute+combine fused
         else:
-            x_RD, plan = self.dispatch(x_TD, idx_TK)
-            out_RD = self.compute(x_RD, plan, kernels)
-            y_TD = self.combine(out_RD, w_TK, plan)
+            x_RD, w_R, plan = self.dispatch(x_TD, w_TK, idx_TK)
+            out_RD = self.compute(x_RD, w_R, plan, kernels)  # rows' outputs scaled by their routing weights
+            y_TD = self.combine(out_RD, plan)
         self.last_stats["dropped_frac"] = (idx_TK < 0).float().mean().detach()
         y_BSD = self.dispatcher.unshard(y_TD).view(B, S, D).to(x_BSD.dtype)
         if self.shared is not None:
@@ -128,14 +128,15 @@ class MoELayer(nn.Module):
         return noise_BSN.reshape(B * S, N)
 
     # ------------------------------------------------------------------------- 2-4. token movement
-    def dispatch(self, x_TD: torch.Tensor, idx_TK: torch.Tensor) -> tuple[torch.Tensor, Plan]:
-        return self.dispatcher.dispatch(x_TD, idx_TK)
+    def dispatch(self, x_TD: torch.Tensor, w_TK: torch.Tensor,
+                 idx_TK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Plan]:
+        return self.dispatcher.dispatch(x_TD, w_TK, idx_TK)
 
-    def compute(self, x_RD: torch.Tensor, plan: Plan, kernels: bool) -> torch.Tensor:
+    def compute(self, x_RD: torch.Tensor, w_R: torch.Tensor, plan: Plan, kernels: bool) -> torch.Tensor:
         if kernels:
-            return self.experts.kernel_rows(x_RD, plan.counts_e)
-        return self.experts.sorted_rows(x_RD, plan.counts_e)
+            return self.experts.kernel_rows(x_RD, w_R, plan.counts_e)
+        return self.experts.sorted_rows(x_RD, w_R, plan.counts_e)
 
-    def combine(self, out_RD: torch.Tensor, w_TK: torch.Tensor, plan: Plan) -> torch.Tensor:
-        return self.dispatcher.combine(out_RD, w_TK, plan)
+    def combine(self, out_RD: torch.Tensor, plan: Plan) -> torch.Tensor:
+        return self.dispatcher.combine(out_RD, plan)
 
