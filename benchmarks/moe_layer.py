@@ -202,10 +202,11 @@ def run_benchmark(hidden=128, ffn=256, experts=8, top_k=2, batch=4, seq=512, dev
     if mixtral:
         modules["mixtral_hf"] = build_mixtral(ours).train()
     x = torch.randn(batch, seq, hidden, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
-    tol = 1e-4 if dtype == torch.float32 else 3e-2
     diffs = {}
     with torch.no_grad():
         y = ours(x)
+        # relative to the output's scale: fp32 sums over wide experts (Mixtral's 14336) differ by order alone
+        tol = (1e-4 if dtype == torch.float32 else 3e-2) * max(1.0, y.abs().max().item())
         for name in list(modules)[1:]:
             diffs[name] = (_output(modules[name], x) - y).abs().max().item()
             if not diffs[name] <= tol:  # NaN fails

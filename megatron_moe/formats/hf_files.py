@@ -4,6 +4,7 @@ torch.load(weights_only=True, mmap=True); index shard names must be plain files 
 Every problem is a CheckpointError naming the file."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Optional
 
@@ -20,11 +21,17 @@ def plain_file_name(name) -> bool:
     return isinstance(name, str) and bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
 
 
+# what torch.load raises on a file that is not a weights-only state dict: RuntimeError (not a zip, a truncated
+# zip, a legacy non-zip pickle refused by mmap), UnpicklingError (a global outside the weights-only allow-list),
+# EOFError / ValueError / KeyError (a zip whose pickle is cut short or names records it lacks)
+_TORCH_LOAD_ERRORS = (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError)
+
+
 def load_state_dict_file(f: Path) -> dict:
     """A .bin / .pth state dict with torch.load(weights_only=True, mmap=True): tensors and plain containers only."""
     try:
         sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
+    except _TORCH_LOAD_ERRORS as err:
         raise CheckpointError(f"{f}: cannot read ({str(err).splitlines()[0]})") from None
     if not isinstance(sd, dict):
         raise CheckpointError(f"{f}: not a state dict")
@@ -71,12 +78,12 @@ class HFTensors:
         raise CheckpointError(f"{self.path}: no {SAFE_NAME}, {SAFE_INDEX}, {BIN_NAME} or {BIN_INDEX}")
 
     def _safe(self, f: Path):
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         if f not in self._open:
             try:
                 self._open[f] = safe_open(str(f), framework="pt")
-            except Exception as err:  # safetensors raises its own error types on bad headers
+            except SafetensorError as err:  # a bad header: truncated, too large, not JSON
                 raise CheckpointError(f"{f}: truncated or corrupt safetensors file ({str(err).splitlines()[0]})") from None
         return self._open[f]
 
@@ -96,11 +103,11 @@ class HFTensors:
         if name not in self.files:
             raise CheckpointError(f"{self.path}: missing tensor {name!r}")
         f = self.files[name]
+        from safetensors import SafetensorError
+
         try:
             t = self._safe(f).get_tensor(name) if f.suffix == ".safetensors" else self._load_bin(f)[name]
-        except CheckpointError:
-            raise
-        except Exception as err:
+        except (SafetensorError, KeyError) as err:  # data past the file's end; a name the index put elsewhere
             raise CheckpointError(f"{f}: cannot read {name!r} ({str(err).splitlines()[0]})") from None
         if not isinstance(t, torch.Tensor):
             raise CheckpointError(f"{f}: {name!r} is not a tensor")

@@ -26,7 +26,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from ..config import ModelConfig, MoEConfig
+from ..config import ConfigError, ModelConfig, MoEConfig
 from ..errors import CheckpointError
 from .dense import BACKBONE, ExportError, canonical_shapes
 from .hf_config import model_config_from_hf
@@ -196,7 +196,7 @@ def configs_from_llama_moe(hf: dict, where: str = "config.json") -> tuple[ModelC
                         noise_epsilon=float(hf.get("gate_noise_epsilon", 1e-2)))
     try:
         moe_cfg.validate(model_cfg)
-    except Exception as err:  # ConfigError
+    except ConfigError as err:
         raise CheckpointError(f"{where}: {err}") from None
     return model_cfg, moe_cfg
 

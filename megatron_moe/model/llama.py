@@ -11,14 +11,13 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import Config, ModelConfig, MoEConfig
 from ..parallel import ParallelState, gather_seq, scatter_seq
 from .layers import Attention, DenseMLP, RMSNorm, Rotary
-from .tp import column, column_linear, tied_logits, vocab_embedding
+from .tp import column, column_linear, tied_logits, token_cross_entropy, vocab_embedding
 
 
 def build_mlp(layer_idx: int, model_cfg: ModelConfig, moe_cfg: MoEConfig, ps: ParallelState) -> nn.Module:
@@ -95,12 +94,7 @@ class LlamaModel(nn.Module):
              loss_mask_BS: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean next-token loss and the per-sequence mean loss [B] (vocab-parallel cross-entropy over TP)."""
         logits_BSV = self.local_logits(input_ids_BS).float()
-        if self.ps.tp_size > 1:  # megatron-core's; it reads the TP group that parallel.init_parallel created
-            from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
-
-            tok_BS = vocab_parallel_cross_entropy(logits_BSV, labels_BS)
-        else:
-            tok_BS = F.cross_entropy(logits_BSV.flatten(0, 1), labels_BS.flatten(), reduction="none").view_as(labels_BS)
+        tok_BS = token_cross_entropy(logits_BSV, labels_BS, self.ps)
         mask = torch.ones_like(tok_BS) if loss_mask_BS is None else loss_mask_BS.to(tok_BS.dtype)
         per_seq_B = (tok_BS * mask).sum(1) / mask.sum(1).clamp(min=1)
         return (tok_BS * mask).sum() / mask.sum().clamp(min=1), per_seq_B

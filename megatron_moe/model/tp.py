@@ -104,3 +104,14 @@ def tied_logits(embed: nn.Module, h_BSD: torch.Tensor, ps: ParallelState) -> tor
 
 
 __all__ = ["column_linear", "row_linear", "vocab_embedding", "column", "row", "tied_logits"]
+
+
+def token_cross_entropy(logits_BSV: torch.Tensor, labels_BS: torch.Tensor, ps: ParallelState) -> torch.Tensor:
+    """Per-token next-token loss [B, S] from logits whose vocab is split over TP (the full vocab when tp_size 1).
+    Over TP it is megatron-core's vocab-parallel cross-entropy, which reads megatron-core's global TP group:
+    `parallel.init_parallel` creates it with the same ranks as `ps.tp_group`."""
+    if ps.tp_size == 1:
+        return F.cross_entropy(logits_BSV.flatten(0, 1), labels_BS.flatten(), reduction="none").view_as(labels_BS)
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    return vocab_parallel_cross_entropy(logits_BSV, labels_BS)

@@ -40,11 +40,22 @@ def _cli(*args):
                           capture_output=True, text=True, timeout=180)
 
 
-def _run_routed(model, ids):
-    """Our logits and each layer's chosen experts [L, T, k] (ascending), as the fixture records theirs."""
+def _run_routed(model, ids, margins=None):
+    """Our logits and each layer's chosen experts [L, T, k] (ascending), as the fixture records theirs; with
+    `margins` (a list), also each layer's router-logit gap between the k-th and the (k+1)-th expert [T], and
+    the layer's largest |router logit|."""
     chosen = []
-    hooks = [layer.mlp.router.register_forward_hook(
-        lambda _m, _i, out: chosen.append(out.indices_TK.sort(dim=-1).values)) for layer in model.layers]
+
+    def hook(router, inputs, out):
+        chosen.append(out.indices_TK.sort(dim=-1).values)
+        if margins is not None:
+            x_TD = inputs[0].float().reshape(-1, inputs[0].shape[-1])
+            logits_TE = router.logits(x_TD)
+            k = out.indices_TK.shape[-1]
+            top = logits_TE.topk(k + 1, dim=-1).values
+            margins.append((top[:, k - 1] - top[:, k], logits_TE.abs().max().item()))
+
+    hooks = [layer.mlp.router.register_forward_hook(hook) for layer in model.layers]
     with torch.no_grad():
         logits = model(ids)
     for h in hooks:
@@ -105,15 +116,27 @@ def test_release_layout_bf16_import_keeps_bits_and_matches_their_bf16_logits(tmp
     assert torch.equal(ours["embed.weight"], theirs["model.embed_tokens.weight"])
 
     ref = load_file(str(FIXTURES / f"reference_{variant}.safetensors"))
-    logits, experts = _run_routed(load_model(tmp_path / "ck", dtype=torch.bfloat16), ref["input_ids"])
-    assert torch.equal(experts, ref["experts_bf16"])
+    margins = []
+    logits, experts = _run_routed(load_model(tmp_path / "ck", dtype=torch.bfloat16), ref["input_ids"], margins)
     # Two bf16 computations of one function differ by rounding, not by a fixed amount: every op rounds to an 8-bit
     # mantissa (unit roundoff u = 2^-8), and two layers of ~10 such ops put either side a few u (relative to the
     # logits' size) from the exact logits; measured: ours 2.3u-6.8u, theirs 2.5u-4.3u from their fp32 logits, 5u-6.3u
-    # apart. 16u (0.2 here) keeps every expert choice and catches what the fp32 test catches by orders of magnitude
-    # more (a wrong score scale moves logits by ~1).
+    # apart. So an expert choice may differ only where the router's k-th and (k+1)-th logits are within a few u of
+    # each other (a near-tie: measured once, 0.75u, layer 1, after the experts' weighting moved before the down
+    # projection), and only rarely; a modelling difference (score scale, rotary, routing) moves many choices.
+    B, S = ref["input_ids"].shape
+    flipped_LT = (experts != ref["experts_bf16"]).any(-1)
+    for layer, (margin_T, scale) in enumerate(margins):
+        not_tie = flipped_LT[layer] & (margin_T > 4 * 2.0 ** -8 * scale)
+        assert not not_tie.any(), (layer, not_tie.nonzero().flatten().tolist())
+    assert int(flipped_LT.sum()) <= 2, flipped_LT.nonzero().tolist()
+    # Logits, on every token that no differing choice can reach (a choice at position s changes positions >= s of
+    # its sequence through attention); 16u (0.2 here) catches what the fp32 test catches by orders of magnitude more
+    # (a wrong score scale moves logits by ~1).
+    reach_BS = flipped_LT.any(0).view(B, S).int().cummax(dim=1).values.bool()
+    assert (~reach_BS).sum() >= B * S // 2
     tol = 16 * 2.0 ** -8 * ref["logits_fp32"].abs().max().item()
-    err = (logits.float() - ref["logits_bf16"].float()).abs().max().item()
+    err = (logits.float() - ref["logits_bf16"].float()).abs()[~reach_BS].max().item()
     assert err <= tol, (err, tol)
 
 
