@@ -1,5 +1,8 @@
 """The launch scenarios moe_kernels.aot compiles, recorded through the public API on meta tensors.
 
+This module does not import moe_kernels.aot (aot imports it): `python -m moe_kernels.aot` then loads aot once,
+as __main__, instead of a second copy through a cycle.
+
 Shape legend: T tokens, D hidden, F expert FFN, E experts, K top-k.
 DEFAULT (CI, every run): every kernel and launch flag in bf16 at the real sizes (D 4096, F 688, E 16,
 k 4, with T giving both row tiles, training and inference), the router's gating launches, and the fp32
@@ -8,15 +11,12 @@ E 8 / 16, k 1 / 2 / 4, bf16 / fp16 / fp32, odd sizes (D 1023, F 689), a single t
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
-from . import aot, moe_mlp, topk_gating
+from . import moe_mlp, topk_gating
 from ._launch import SM80, SM90, Launch, recording
 
 TARGETS = {"sm90": SM90, "sm80": SM80}
@@ -114,36 +114,3 @@ def record(case, target) -> list[Launch]:
     with recording(target) as launches:
         case.run()
     return [ln for ln in launches if case.keep is None or case.keep(ln)]
-
-
-def run(cases, targets, use_cache=True, log=None, jobs: int = 1) -> list:
-    """LaunchReports for every case on every target, compiling each distinct specialisation once, in `jobs`
-    processes."""
-    recorded = []
-    for tname in targets:
-        for case in cases:
-            if log:
-                log(f"{tname} {case.name}")
-            recorded.append((case.name, record(case, TARGETS[tname])))
-    specs = [aot.specialize(ln, cfg) for _, lns in recorded for ln in lns
-             for cfg in (ln.configs if ln.configs is not None else [None])]
-    done = aot.compile_specs(specs, use_cache, jobs)
-    return [rep for name, lns in recorded for rep in aot.compile_launches(lns, name, done, use_cache)]
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Compile every moe_kernels launch for sm_90a / sm_80 on this CPU "
-                                 "and print the resource table (compile-time facts, no GPU).")
-    ap.add_argument("--full", action="store_true", help="the whole matrix (slow: fp32 configs take minutes)")
-    ap.add_argument("--target", nargs="+", default=list(TARGETS), choices=list(TARGETS))
-    ap.add_argument("--summary", action="store_true", help="one row per kernel and flags instead of per config")
-    ap.add_argument("--no-cache", action="store_true", help=f"ignore and do not write {aot.cache_dir()}")
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile in this many processes")
-    args = ap.parse_args(argv)
-    reports = run(FULL if args.full else DEFAULT, args.target, not args.no_cache,
-                  log=lambda m: print(m, file=sys.stderr), jobs=args.jobs)
-    print(aot.summary(reports) if args.summary else aot.table(reports))
-    bad = aot.violations(reports)
-    for line in bad:
-        print("VIOLATION", line)
-    return 1 if bad else 0

@@ -6,7 +6,8 @@ rows carry the sentinel P. All row/expert offsets are int64 before multiplying b
 UPCAST (constexpr) casts dot operands to fp32: needed by the CPU interpreter, whose bf16 dot is wrong.
 PREC is tl.dot's input_precision ("ieee" for fp32 inputs, so TF32 never changes results silently).
 The row-tile GEMMs (up, rowgemm, dh) run on a 1-D grid in grouped order (`_tile`, GROUP_M row tiles per
-group over NUM_M row tiles); tile sizes per target are in _configs.py.
+group over NUM_M row tiles) and share their prologue (`_tile_expert`, `_tile_rows`; `_pairs` is the pair -> token
+addressing, also used by dw); tile sizes per target are in _configs.py.
 """
 import triton
 import triton.language as tl
@@ -40,22 +41,46 @@ def _tile(NUM_M, N, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
 
 
 @triton.jit
+def _tile_expert(bexp_ptr, NUM_M, N, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(row tile, column tile, expert) of this program; expert < 0 marks a padding-only tile, which the kernel
+    leaves at once (a helper cannot return from the kernel, so that test stays in each kernel)."""
+    pid_m, pid_n = _tile(NUM_M, N, BLOCK_N, GROUP_M)
+    e = tl.load(bexp_ptr + pid_m).to(tl.int64)
+    return pid_m, pid_n, e
+
+
+@triton.jit
+def _pairs(ids_ptr, rows, P, KTOP):
+    """For padded rows: the sorted pair id t*K + j (P on padding rows), whether it is a real pair, and its token
+    t = pair // K (0 on padding rows, so that gathers stay in bounds)."""
+    pair = tl.load(ids_ptr + rows)
+    valid = pair < P
+    tok = tl.where(valid, pair // KTOP, 0)
+    return pair, valid, tok
+
+
+@triton.jit
+def _tile_rows(ids_ptr, pid_m, pid_n, P, N, KTOP, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The row-tile GEMMs' addressing: the tile's padded rows (int64), their pairs, validity and tokens
+    (`_pairs`), and its columns (int64) with their mask < N."""
+    rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    pair, valid, tok = _pairs(ids_ptr, rows, P, KTOP)
+    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    n_ok = offs_n < N
+    return rows, pair, valid, tok, offs_n, n_ok
+
+
+@triton.jit
 def up_kernel(x_ptr, w1_ptr, w3_ptr, h_ptr, h1_ptr, h3_ptr, ids_ptr, bexp_ptr,
               P, D, F, KTOP, NUM_M,
               s_xt, s_we, s_wf, s_wd,
               SAVE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
               GROUP_M: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
     """h[r, f] = silu(x[tok(r)] . w1[e, f]) * (x[tok(r)] . w3[e, f]); gather fused into the loads."""
-    pid_m, pid_n = _tile(NUM_M, F, BLOCK_N, GROUP_M)
-    e = tl.load(bexp_ptr + pid_m).to(tl.int64)
+    pid_m, pid_n, e = _tile_expert(bexp_ptr, NUM_M, F, BLOCK_N, GROUP_M)
     if e < 0:
         return
-    rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    pair = tl.load(ids_ptr + rows)
-    valid = pair < P
-    tok = tl.where(valid, pair // KTOP, 0)
-    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    n_ok = offs_n < F
+    rows, pair, valid, tok, offs_n, n_ok = _tile_rows(ids_ptr, pid_m, pid_n, P, F, KTOP, BLOCK_M, BLOCK_N)
     acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc3 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     w1_base = w1_ptr + e * s_we
@@ -108,19 +133,14 @@ def rowgemm_kernel(a_ptr, b_ptr, c_ptr, b2_ptr, a2_ptr, wt_ptr, ids_ptr, bexp_pt
     the two products run as two K loops in turn, so each pipelines one operand pair (half the shared
     memory per stage of one loop over both).
     """
-    pid_m, pid_n = _tile(NUM_M, N, BLOCK_N, GROUP_M)
-    e = tl.load(bexp_ptr + pid_m).to(tl.int64)
+    pid_m, pid_n, e = _tile_expert(bexp_ptr, NUM_M, N, BLOCK_N, GROUP_M)
     if e < 0:
         return
-    rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    pair = tl.load(ids_ptr + rows)
-    valid = pair < P
+    rows, pair, valid, tok, offs_n, n_ok = _tile_rows(ids_ptr, pid_m, pid_n, P, N, KTOP, BLOCK_M, BLOCK_N)
     if A_GATHER:
-        arow = tl.where(valid, pair // KTOP, 0)
+        arow = tok
     else:
         arow = rows
-    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    n_ok = offs_n < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc = _rows_dot(a_ptr, b_ptr, arow, valid, e, offs_n, n_ok, KDIM, s_a, s_be, s_bn, s_bk, acc,
                     BLOCK_K, UPCAST, PREC)
@@ -170,16 +190,10 @@ def dh_kernel(dy_ptr, w2_ptr, h1_ptr, h3_ptr, wt_ptr, dh1_ptr, dh3_ptr, dwp_ptr,
     program (m, 0) also zeroes the slots past this config's tile count, so every slot is written by
     exactly one program whatever config runs, and the fixed-order sum over slots is exact.
     """
-    pid_m, pid_n = _tile(NUM_M, F, BLOCK_N, GROUP_M)
-    e = tl.load(bexp_ptr + pid_m).to(tl.int64)
+    pid_m, pid_n, e = _tile_expert(bexp_ptr, NUM_M, F, BLOCK_N, GROUP_M)
     if e < 0:
         return
-    rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    pair = tl.load(ids_ptr + rows)
-    valid = pair < P
-    tok = tl.where(valid, pair // KTOP, 0)
-    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    n_ok = offs_n < F
+    rows, pair, valid, tok, offs_n, n_ok = _tile_rows(ids_ptr, pid_m, pid_n, P, F, KTOP, BLOCK_M, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, D, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
@@ -239,9 +253,7 @@ def dw_kernel(a_ptr, b_ptr, out_ptr, wt_ptr, ids_ptr, off_ptr, cnt_ptr,
     acc = tl.zeros((BLOCK_N, BLOCK_MO), dtype=tl.float32)
     for r0 in range(0, cnt, BLOCK_R):
         rows = start + r0 + tl.arange(0, BLOCK_R).to(tl.int64)
-        pair = tl.load(ids_ptr + rows)
-        valid = pair < P
-        tok = tl.where(valid, pair // KTOP, 0)
+        pair, valid, tok = _pairs(ids_ptr, rows, P, KTOP)
         if A_GATHER:
             arow = tok
         else:

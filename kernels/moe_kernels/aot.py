@@ -18,6 +18,7 @@ Uses Triton 3.9's JIT internals (`create_function_from_signature`, `JITFunction.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import io
@@ -25,6 +26,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -36,6 +38,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import create_function_from_signature
 
+from . import _aot_cases as _cases
 from ._launch import SMEM_SM86, Launch
 
 REGS_PER_SM, MAX_THREADS_PER_SM, MAX_CTAS_PER_SM = 65536, 2048, 32
@@ -334,8 +337,38 @@ def summary(reports: list) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    import sys
+def run(cases, targets, use_cache=True, log=None, jobs: int = 1) -> list:
+    """LaunchReports for every case of `_aot_cases` on every target ("sm90", "sm80"), compiling each distinct
+    specialisation once, in `jobs` processes."""
+    recorded = []
+    for tname in targets:
+        for case in cases:
+            if log:
+                log(f"{tname} {case.name}")
+            recorded.append((case.name, _cases.record(case, _cases.TARGETS[tname])))
+    specs = [specialize(ln, cfg) for _, lns in recorded for ln in lns
+             for cfg in (ln.configs if ln.configs is not None else [None])]
+    done = compile_specs(specs, use_cache, jobs)
+    return [rep for name, lns in recorded for rep in compile_launches(lns, name, done, use_cache)]
 
-    from ._aot_cases import main
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Compile every moe_kernels launch for sm_90a / sm_80 on this CPU "
+                                 "and print the resource table (compile-time facts, no GPU).")
+    ap.add_argument("--full", action="store_true", help="the whole matrix (slow: fp32 configs take minutes)")
+    ap.add_argument("--target", nargs="+", default=list(_cases.TARGETS), choices=list(_cases.TARGETS))
+    ap.add_argument("--summary", action="store_true", help="one row per kernel and flags instead of per config")
+    ap.add_argument("--no-cache", action="store_true", help=f"ignore and do not write {cache_dir()}")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile in this many processes")
+    args = ap.parse_args(argv)
+    reports = run(_cases.FULL if args.full else _cases.DEFAULT, args.target, not args.no_cache,
+                  log=lambda m: print(m, file=sys.stderr), jobs=args.jobs)
+    print(summary(reports) if args.summary else table(reports))
+    bad = violations(reports)
+    for line in bad:
+        print("VIOLATION", line)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
     sys.exit(main())

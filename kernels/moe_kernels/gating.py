@@ -37,10 +37,9 @@ def _scores(l, cmask, SIGMOID: tl.constexpr):
 
 
 @triton.jit
-def gating_fwd_kernel(l_ptr, b_ptr, w_ptr, i_ptr, cnt_ptr, ps_ptr, T, E, s_lt, scale,
-                      KTOP: tl.constexpr, SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr,
-                      WANT_PSUM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
-                      KPAD: tl.constexpr):
+def _row_block(l_ptr, T, E, s_lt, SIGMOID: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
+    """The gating kernels' prologue: this program's rows (int64) and columns with their masks, the fp32 logits
+    (0 where masked) and their scores and probabilities (`_scores`)."""
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
     cols = tl.arange(0, BLOCK_E)
@@ -48,6 +47,15 @@ def gating_fwd_kernel(l_ptr, b_ptr, w_ptr, i_ptr, cnt_ptr, ps_ptr, T, E, s_lt, s
     cmask = (cols < E)[None, :] & rmask[:, None]
     l = tl.load(l_ptr + rows[:, None] * s_lt + cols[None, :], mask=cmask, other=0.0).to(tl.float32)
     s, p = _scores(l, cmask, SIGMOID)
+    return pid, rows, cols, rmask, cmask, s, p, l
+
+
+@triton.jit
+def gating_fwd_kernel(l_ptr, b_ptr, w_ptr, i_ptr, cnt_ptr, ps_ptr, T, E, s_lt, scale,
+                      KTOP: tl.constexpr, SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      WANT_PSUM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+                      KPAD: tl.constexpr):
+    pid, rows, cols, rmask, cmask, s, p, l = _row_block(l_ptr, T, E, s_lt, SIGMOID, BLOCK_T, BLOCK_E)
     if HAS_BIAS:
         bias = tl.load(b_ptr + cols, mask=cols < E, other=0.0).to(tl.float32)
         sel = s + bias[None, :]
@@ -85,13 +93,7 @@ def gating_fwd_kernel(l_ptr, b_ptr, w_ptr, i_ptr, cnt_ptr, ps_ptr, T, E, s_lt, s
 def gating_bwd_kernel(l_ptr, i_ptr, g_ptr, gp_ptr, dl_ptr, T, E, s_lt, scale,
                       KTOP: tl.constexpr, SIGMOID: tl.constexpr, HAS_GW: tl.constexpr, HAS_GP: tl.constexpr,
                       BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
-    pid = tl.program_id(0)
-    rows = pid.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
-    cols = tl.arange(0, BLOCK_E)
-    rmask = rows < T
-    cmask = (cols < E)[None, :] & rmask[:, None]
-    l = tl.load(l_ptr + rows[:, None] * s_lt + cols[None, :], mask=cmask, other=0.0).to(tl.float32)
-    s, p = _scores(l, cmask, SIGMOID)
+    pid, rows, cols, rmask, cmask, s, p, l = _row_block(l_ptr, T, E, s_lt, SIGMOID, BLOCK_T, BLOCK_E)
     dl = tl.zeros((BLOCK_T, BLOCK_E), dtype=tl.float32)
     if HAS_GW:
         # Pass 1: total (sum of selected scores) and sum_j q_j g_j.

@@ -5,7 +5,9 @@ F_l local FFN width. Activations are [B, S, D]; sequence parallelism splits dim 
 """
 from __future__ import annotations
 
+import functools
 import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,14 +17,21 @@ from ..parallel import ParallelState, gather_seq
 from .sharding import mark
 from .tp import column, column_linear, row, row_linear
 
-try:  # optional fast path; apex is not on PyPI
-    from apex.normalization import FusedRMSNorm as _ApexRMSNorm  # type: ignore
-except ImportError:  # pragma: no cover - depends on the environment
-    _ApexRMSNorm = None
+
+@functools.lru_cache(maxsize=None)
+def apex_rms_norm():
+    """apex's fused RMSNorm (`fused_rms_norm_affine`, what its FusedRMSNorm module runs) when apex is importable
+    (e.g. in NGC containers), else None. Looked up once, at the first CUDA forward: apex is not on PyPI."""
+    try:
+        from apex.normalization.fused_layer_norm import fused_rms_norm_affine  # type: ignore
+    except ImportError:
+        return None
+    return fused_rms_norm_affine
 
 
 class RMSNorm(nn.Module):
-    """y = w * x / sqrt(mean(x²) + eps), computed in fp32 and cast back (as HF LLaMA does)."""
+    """y = w * x / sqrt(mean(x²) + eps), computed in fp32 and cast back (as HF LLaMA does); on CUDA with apex
+    installed and x in the weight's dtype, apex's fused kernel computes it."""
 
     def __init__(self, dim: int, eps: float, sequence_parallel: bool = False):
         super().__init__()
@@ -31,10 +40,10 @@ class RMSNorm(nn.Module):
         mark(self.weight, sequence_parallel=sequence_parallel)
 
     def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
-        if _ApexRMSNorm is not None and x_BSD.is_cuda and x_BSD.dtype == self.weight.dtype:
-            from apex.normalization.fused_layer_norm import fused_rms_norm_affine  # type: ignore
-
-            return fused_rms_norm_affine(x_BSD, self.weight, self.weight.shape, self.eps)
+        if x_BSD.is_cuda and x_BSD.dtype == self.weight.dtype:
+            fused = apex_rms_norm()
+            if fused is not None:
+                return fused(x_BSD, self.weight, self.weight.shape, self.eps)
         x32 = x_BSD.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x_BSD.dtype)

@@ -51,7 +51,7 @@ def test_drop_upcycle_reinitialises_the_same_neurons_in_all_three_matrices():
             assert not torch.equal(n1[e, f], e1[e, f]) and not torch.equal(n3[e, f], e3[e, f])
             assert not torch.equal(n2[e][:, f], e2[e][:, f])
     same = drop_upcycle(e1, e3, e2, 0.0, seed=3, dense=dense)
-    assert all(torch.equal(a, b) for a, b in zip(same[:3], (e1, e3, e2)))
+    assert all(torch.equal(a, b) for a, b in zip(same[:3], (e1, e3, e2), strict=True))
     big = drop_upcycle(dense[0][None].repeat(8, 1, 1), dense[1][None].repeat(8, 1, 1), dense[2][None].repeat(8, 1, 1),
                        1.0, seed=4, dense=dense)
     assert abs(float(big[1].mean()) - float(dense[1].mean())) < 0.1  # drawn with the dense matrix's statistics

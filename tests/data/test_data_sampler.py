@@ -73,7 +73,7 @@ def test_dynamic_rules_against_hand_computed_values():
 
 
 def test_dynamic_update_through_the_data_object(three_domains):
-    doms = [dict(d, ref_loss=r) for d, r in zip(three_domains, (1.8, 1.6, 0.9))]
+    doms = [dict(d, ref_loss=r) for d, r in zip(three_domains, (1.8, 1.6, 0.9), strict=True)]
     data = make(doms, sampling="dynamic", dynamic_smoothing=1e-4)
     assert data.weights == pytest.approx({"cc": 1 / 3, "github": 1 / 3, "book": 1 / 3})
     new = data.update_weights({"cc": 2.0, "github": 1.5, "book": 1.0})

@@ -51,7 +51,7 @@ def test_ids_identical_to_sentencepiece_on_mixed_corpus(llama_style, corpus):
     data, lengths = enc.encode_packed(texts, np.int32, prefix=[1], suffix=[2])
     got = _unpack(data, lengths, np.int32)
     want = [[1] + ids + [2] for ids in sp.encode(texts)]
-    bad = [i for i, (g, w) in enumerate(zip(got, want)) if g != w]
+    bad = [i for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w]
     assert not bad, f"{len(bad)} of {len(texts)} documents differ, first {texts[bad[0]][:80]!r}"
     assert sum(map(len, want)) > 500_000
     # the cache is warm now: a second pass, in uint16, gives the same ids

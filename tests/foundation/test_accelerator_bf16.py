@@ -64,7 +64,7 @@ def test_moe_layer_kernel_path_matches_torch_path(router):
         grads = [p.grad for _, p in sorted(layer.named_parameters())]  # None: unused (noise off)
         outs[mode] = [y.detach().float().cpu(), x.grad.float().cpu()] + [
             g.float().cpu() if g is not None else torch.zeros(0) for g in grads]
-    for a, b in zip(outs["on"], outs["off"]):
+    for a, b in zip(outs["on"], outs["off"], strict=True):
         assert a.shape == b.shape
         if b.numel() == 0:
             continue

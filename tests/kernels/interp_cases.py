@@ -72,7 +72,7 @@ def test_moe_mlp_interpreter_matches_twin(c, dtype):
     rtol, atol = TOL[dtype]
     assert y.dtype == dtype
     assert_close(y, ry, rtol, atol, "y")
-    for name, g, rg in zip(["dx", "dweights", "dw1", "dw3", "dw2"], grads, rgrads):
+    for name, g, rg in zip(["dx", "dweights", "dw1", "dw3", "dw2"], grads, rgrads, strict=True):
         assert g.dtype == (torch.float32 if name == "dweights" else dtype), name
         assert_close(g, rg, rtol, atol, name)
     if c.empty_expert:  # explicit zeros, not garbage, for the expert without tokens
@@ -88,7 +88,7 @@ def test_moe_mlp_bf16_upcast_path():
     ry, rgrads = grads_of(ref.moe_mlp, [t.float() if t.is_floating_point() else t for t in inputs])
     rtol, atol = TOL[torch.bfloat16]
     assert_close(y, ry, rtol, atol, "y")
-    for g, rg in zip(grads, rgrads):
+    for g, rg in zip(grads, rgrads, strict=True):
         assert_close(g, rg, rtol, atol, "grad")
 
 
@@ -113,7 +113,7 @@ def test_moe_mlp_deterministic_in_interpreter():
     inputs = make_mlp_inputs(c)
     a = grads_of(_interp_mlp, inputs)
     b = grads_of(_interp_mlp, inputs)
-    assert torch.equal(a[0], b[0]) and all(torch.equal(u, v) for u, v in zip(a[1], b[1]))
+    assert torch.equal(a[0], b[0]) and all(torch.equal(u, v) for u, v in zip(a[1], b[1], strict=True))
 
 
 def _gemm_cfg(n, k):
@@ -146,5 +146,5 @@ def test_moe_mlp_other_tile_shapes_match_twin(c, variant, monkeypatch):
     y, grads = grads_of(_interp_mlp, inputs)
     ry, rgrads = grads_of(ref.moe_mlp, inputs)
     assert_close(y, ry, 1e-5, 1e-5, "y")
-    for name, g, rg in zip(["dx", "dweights", "dw1", "dw3", "dw2"], grads, rgrads):
+    for name, g, rg in zip(["dx", "dweights", "dw1", "dw3", "dw2"], grads, rgrads, strict=True):
         assert_close(g, rg, 1e-5, 1e-5, name)

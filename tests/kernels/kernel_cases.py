@@ -79,16 +79,16 @@ def make_mlp_inputs(c: Case, seed: int = 0, dtype=torch.float32):
 
 # ------------------------------------------------------------------ independent naive implementations
 def naive_gating(logits, k, score, bias, scale):
-    """Per-token Python loop with plain differentiable torch ops (autograd gives the gradients)."""
+    """Per-token Python loop with plain differentiable torch ops in float64 (autograd gives the gradients)."""
     T, E = logits.shape
     ws, idxs, counts, psum = [], [], [0] * E, 0
     for t in range(T):
-        lt = logits[t].float()
+        lt = logits[t].double()  # float64 ground truth (the callers pass float64 logits; this keeps them so)
         s = torch.softmax(lt, 0) if score == "softmax" else torch.sigmoid(lt)
         if bias is None:
             sel = (lt if score == "softmax" else s).tolist()
         else:
-            sel = (s + bias.float()).tolist()
+            sel = (s + bias.double()).tolist()
         chosen = sorted(range(E), key=lambda e: (-sel[e], e))[:k]
         v = s[chosen]
         if score == "softmax" or k > 1:

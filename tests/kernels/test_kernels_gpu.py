@@ -61,7 +61,7 @@ def test_moe_mlp_bf16_vs_fp32_twin(c):
     y, grads = grads_of(moe_kernels.moe_mlp, inputs)
     ry, rgrads = grads_of(ref.moe_mlp, [t.float() if t.is_floating_point() else t for t in inputs])
     assert_close(y, ry, *BF16_TOL, "y")
-    for name, g, rg in zip(["dx", "dweights", "dw1", "dw3", "dw2"], grads, rgrads):
+    for name, g, rg in zip(["dx", "dweights", "dw1", "dw3", "dw2"], grads, rgrads, strict=True):
         assert_close(g, rg, *BF16_TOL, name)
     if c.empty_expert:
         assert all(torch.equal(g[1], torch.zeros_like(g[1])) for g in grads[2:])
@@ -74,7 +74,7 @@ def test_moe_mlp_fp16_and_fp32():
         y, grads = grads_of(moe_kernels.moe_mlp, inputs)
         ry, rgrads = grads_of(ref.moe_mlp, [t.float() if t.is_floating_point() else t for t in inputs])
         assert_close(y, ry, *tol, f"y {dtype}")
-        for g, rg in zip(grads, rgrads):
+        for g, rg in zip(grads, rgrads, strict=True):
             assert_close(g, rg, *tol, f"grad {dtype}")
 
 
@@ -84,11 +84,11 @@ def test_bitwise_deterministic():
     a = grads_of(moe_kernels.moe_mlp, inputs)
     b = grads_of(moe_kernels.moe_mlp, inputs)
     assert torch.equal(a[0], b[0])
-    assert all(torch.equal(u, v) for u, v in zip(a[1], b[1]))
+    assert all(torch.equal(u, v) for u, v in zip(a[1], b[1], strict=True))
     logits = make_logits(c)[0].cuda().requires_grad_()
     r1 = moe_kernels.topk_gating(logits, 4, return_probs_sum=True)
     r2 = moe_kernels.topk_gating(logits, 4, return_probs_sum=True)
-    assert all(torch.equal(u, v) for u, v in zip(r1, r2))
+    assert all(torch.equal(u, v) for u, v in zip(r1, r2, strict=True))
 
 
 def test_no_host_sync_after_warmup():

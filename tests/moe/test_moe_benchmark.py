@@ -1,17 +1,76 @@
-"""Smoke tests of the MoE-layer benchmark tool: it runs, checks parity with the per-expert loop and
-MixtralSparseMoeBlock first, writes well-formed JSON and refuses bad flags. (Speed is measured by running the tool,
-not asserted here.)"""
+"""The MoE-layer benchmark tool (benchmarks/moe_layer.py): it compares like with like (it refuses to time two layers
+that compute different functions), its CPU memory figure is the bytes saved for backward, its timer alternates the
+layers and reports every time, and the CLI runs, checks parity with the per-expert loop and MixtralSparseMoeBlock
+first, writes well-formed JSON and refuses bad flags. (Speed is measured by running the tool, not asserted here.)"""
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # benchmarks/ is a top-level directory, not installed
+
+from benchmarks import moe_layer as bench  # noqa: E402
 
 
 def _tool(*args):
     return subprocess.run([sys.executable, "tools/benchmark_moe_layer.py", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=180)
+
+
+def test_refuses_to_time_layers_that_disagree(monkeypatch):
+    real = bench.build_loop
+
+    def skewed(ours):
+        loop = real(ours)
+        down = loop.experts[0].down_proj
+        down.weight = torch.nn.Parameter(down.weight.detach().clone() + 0.1)  # one expert's down projection off
+        return loop
+
+    monkeypatch.setattr(bench, "build_loop", skewed)
+    with pytest.raises(RuntimeError, match="loop disagree"):
+        bench.run_benchmark(hidden=16, ffn=8, experts=4, top_k=2, batch=1, seq=16, warmup=0, iters=1, mixtral=False)
+
+
+def test_saved_bytes_of_a_known_graph():
+    """y = x @ W^T saves x (for dW) and W (a parameter: not counted), then y.square() saves y: 2*3*4 + 2*3*5
+    floats of 4 bytes."""
+    class Square(torch.nn.Module):
+        def forward(self, t):
+            return t.square()
+
+    module = torch.nn.Sequential(torch.nn.Linear(4, 5, bias=False), Square())
+    x = torch.randn(2, 3, 4, requires_grad=True)
+    assert bench._saved_bytes(module, x) == (2 * 3 * 4 + 2 * 3 * 5) * 4
+
+
+def test_expert_flops_by_hand():
+    # forward: 3 GEMMs (gate, up, down) of 2*T*K*D*F = 2*10*2*16*8; backward: twice that
+    assert bench.expert_flops(10, 2, 16, 8) == 3 * (3 * 2 * 10 * 2 * 16 * 8)
+
+
+def test_measure_interleaved_alternates_and_times_only_the_step():
+    order, clock = [], [0.0]
+    cost = {"a": iter([1.0, 2.0, 3.0, 10.0]), "b": iter([5.0, 4.0, 6.0, 0.5])}  # per step: warm-up, three timed
+
+    def steps(name):
+        def step():
+            order.append(name)
+            clock[0] += next(cost[name])
+
+        def after():
+            order.append(name + "/after")
+            clock[0] += 100.0  # outside the timed region
+
+        return step, after
+
+    times = bench.measure_interleaved({"a": steps("a"), "b": steps("b")}, torch.device("cpu"), warmup=1, iters=3,
+                                      clock=lambda: clock[0])
+    assert order[:4] == ["a", "a/after", "b", "b/after"] and order[4::2] == ["a", "b"] * 3  # warm-up, A B A B A B
+    assert times == {"a": [2.0, 3.0, 10.0], "b": [4.0, 6.0, 0.5]}
 
 
 def test_moe_benchmark_smoke(tmp_path):

@@ -45,7 +45,7 @@ def test_noisy_topk_balance_loss_without_noise_by_hand():
     for row in X.tolist():
         sel = topk_py(row, 2)
         ex = [math.exp(row[i]) for i in sel]
-        for i, e in zip(sel, ex):
+        for i, e in zip(sel, ex, strict=True):
             imp[i] += e / sum(ex)
             load[i] += 1
     assert abs(layer.last_stats["aux_loss"].item() - (cv2(imp) + cv2(load))) < 1e-5
@@ -61,13 +61,13 @@ def test_noisy_topk_smooth_load_with_given_noise_by_hand():
                         [0.2, 0.2, -1.5, 0.7], [0.0, 0.1, 0.3, -0.6]])
     routing = layer.router(X, eps)
     imp, load = [0.0] * 4, [0.0] * 4
-    for x, e in zip(X.tolist(), eps.tolist()):
+    for x, e in zip(X.tolist(), eps.tolist(), strict=True):
         std = [math.log1p(math.exp(0.3 * v)) + 1e-2 for v in x]
-        noisy = [c + n * s for c, n, s in zip(x, e, std)]
+        noisy = [c + n * s for c, n, s in zip(x, e, std, strict=True)]
         order = topk_py(noisy, 3)
         thr_in, thr_out = noisy[order[2]], noisy[order[1]]
         ex = [math.exp(noisy[i]) for i in order[:2]]
-        for i, v in zip(order[:2], ex):
+        for i, v in zip(order[:2], ex, strict=True):
             imp[i] += v / sum(ex)
         for i in range(4):
             thr = thr_in if noisy[i] > thr_in else thr_out
@@ -102,31 +102,52 @@ def test_switch_style_balance_and_z_loss_by_hand(router, k):
         for i in sel:
             f[i] += 1 / (T * k)
         z += math.log(sum(math.exp(v) for v in row)) ** 2 / T
-    want = E * sum(a * b for a, b in zip(f, P))
+    want = E * sum(a * b for a, b in zip(f, P, strict=True))
     assert abs(layer.last_stats["aux_loss"].item() - want) < 1e-5
     assert abs(layer.last_stats["z_loss"].item() - z) < 1e-4
 
 
-def test_aux_loss_reaches_the_gradient():
-    """d/dW of (sum(y) + coeff * aux) equals what the layer gives for sum(y) alone."""
-    torch.manual_seed(0)
-    layer = layer_for(num_experts=4, top_k=2, router="softmax_topk", aux_loss_coeff=0.5, z_loss_coeff=0.1)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.normal_(0, 0.5)
-    layer.train()
-    x = torch.randn(1, 6, 4)
-    layer(x).sum().backward()
-    got = layer.router.gate.weight.grad.clone()
+def _router_grad(layer, x):
     layer.zero_grad()
-    layer.set_loss_scale(0.0)  # no injection: add the losses by hand instead
-    y = layer(x)
-    r = layer.router(x[0])
-    from megatron_moe.model.moe.aux import global_sums
-    aux, z = layer.router.losses(global_sums(r.sums, []))
-    (y.sum() + 0.5 * aux + 0.1 * z).backward()
-    assert (got - layer.router.gate.weight.grad).abs().max().item() < 1e-5
-    assert (got - layer.router.gate.weight.grad).abs().max().item() < (got.abs().max().item())  # sanity
+    layer(x).sum().backward()
+    return layer.router.gate.weight.grad.double()
+
+
+@pytest.mark.parametrize("router", ["softmax_topk", "noisy_topk"])
+def test_aux_and_z_terms_change_the_router_gradient_by_their_formula(router):
+    """grad_W[sum(y)] with the balance and z-loss coefficients on, minus the same with them off, equals
+    d/dW (0.5·aux + 0.1·z) where aux and z are written here from their definitions (float64 autograd):
+    softmax_topk: aux = E·Σ_i f_i·P_i, f_i = assignments to i / (T·K) (constant), P_i = mean softmax prob of i;
+    noisy_topk (noise off): aux = cv²(importance) + cv²(load), importance_i = Σ_t of the top-k softmax weight on
+    i, load = hard counts (constant); z = mean_t logsumexp(logits_t)²."""
+    torch.manual_seed(0)
+    on = layer_for(num_experts=4, top_k=2, router=router, noisy_gate=False, aux_loss_coeff=0.5, z_loss_coeff=0.1)
+    off = layer_for(num_experts=4, top_k=2, router=router, noisy_gate=False, aux_loss_coeff=0.0, z_loss_coeff=0.0)
+    with torch.no_grad():
+        for p in on.parameters():
+            p.normal_(0, 0.5)
+    off.load_state_dict(on.state_dict())
+    on.train()
+    off.train()
+    x = torch.randn(1, 6, 4)
+    got = _router_grad(on, x) - _router_grad(off, x)
+
+    W = on.router.gate.weight.detach().double().requires_grad_()
+    logits = x[0].double() @ W.T
+    T, E, K = 6, 4, 2
+    top = logits.topk(K, dim=-1)
+    if router == "softmax_topk":
+        f = torch.zeros(E, dtype=torch.float64).index_add_(0, top.indices.reshape(-1), torch.ones(T * K,
+                                                                                              dtype=torch.float64))
+        aux = E * (f / (T * K) * torch.softmax(logits, -1).mean(0)).sum()
+    else:
+        importance = torch.zeros(E, dtype=torch.float64).index_add(0, top.indices.reshape(-1),
+                                                                    torch.softmax(top.values, -1).reshape(-1))
+        aux = importance.var() / importance.mean() ** 2  # cv²(load) of constant counts has no gradient
+    z = (torch.logsumexp(logits, -1) ** 2).mean()
+    want = torch.autograd.grad(0.5 * aux + 0.1 * z, W)[0]
+    assert want.abs().max() > 1e-2  # the terms do move the router gradient at this point
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got, want)
 
 
 def test_force_all_experts_on_an_ffn_partition_is_lossless():
@@ -209,57 +230,50 @@ def test_capacity_dropped_assignments_contribute_nothing():
         assert torch.allclose(y[t], want, atol=1e-5)
 
 
-@pytest.mark.parametrize("router", ["softmax_topk", "sigmoid", "noisy_topk"])
-def test_kernel_switch_matches_torch_path(router, tmp_path):
-    """use_kernels="on" runs the Triton kernels (in Triton's CPU interpreter, in a child process that sets
-    TRITON_INTERPRET=1 before anything imports triton) and matches use_kernels="off" (the torch path)."""
+@pytest.fixture(scope="module")
+def kernel_step(tmp_path_factory):
+    """One training step per router with use_kernels="on": the Triton kernels in Triton's CPU interpreter, in a
+    child process that sets TRITON_INTERPRET=1 before anything imports triton (tests/moe/_kernel_switch.py)."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    pytest.importorskip("triton")
-    # Both sides run this source: the child with use_kernels="on" under the interpreter, this process "off".
-    body = f"""
-import torch
-import moe_kernels
-from test_moe_units import layer_for
-calls = []
-for name in ("moe_mlp", "topk_gating"):  # count calls into the kernel API
-    setattr(moe_kernels, name, lambda *a, _f=getattr(moe_kernels, name), _n=name, **k: calls.append(_n) or _f(*a, **k))
-torch.manual_seed(4)
-layer = layer_for(D=8, F=16, num_experts=4, top_k=2, router={router!r}, use_kernels=MODE)
-with torch.no_grad():
-    for p in layer.parameters():
-        p.normal_(0, 0.3)
-layer.eval()
-x = torch.randn(2, 5, 8, requires_grad=True)
-y = layer(x)
-y.square().sum().backward()
-res = [y.detach(), x.grad] + [p.grad for p in layer.parameters() if p.grad is not None]
-backend = moe_kernels.backend_for(x)
-"""
-    child = (f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\nMODE = 'on'\n" + body +
-             f"torch.save({{'res': res, 'calls': calls, 'backend': backend}}, {str(tmp_path / 'on.pt')!r})\n")
-    proc = subprocess.run([sys.executable, "-c", child], env=dict(os.environ, TRITON_INTERPRET="1"),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = torch.load(tmp_path / "on.pt", weights_only=True)
-    assert got["backend"] == "interpreter"
-    assert "moe_mlp" in got["calls"], got["calls"]  # the experts ran as Triton kernels
-    if router != "noisy_topk":  # noisy top-k has no gating kernel
-        assert "topk_gating" in got["calls"], got["calls"]
-    import moe_kernels
+    from _deps import require
 
-    saved = moe_kernels.moe_mlp, moe_kernels.topk_gating
-    scope = {"MODE": "off"}
-    try:
-        exec(body, scope)  # noqa: S102 - the same source as the child, torch path
-    finally:
-        moe_kernels.moe_mlp, moe_kernels.topk_gating = saved
-    assert scope["calls"] == [] and len(got["res"]) == len(scope["res"])
-    for a, b in zip(got["res"], scope["res"]):
-        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    require("triton")
+    out = tmp_path_factory.mktemp("kernels") / "on.pt"
+    proc = subprocess.run([sys.executable, str(Path(__file__).parent / "_kernel_switch.py"), str(out), "on"],
+                          env=dict(os.environ, TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(out, weights_only=True)
+
+
+@pytest.mark.parametrize("router", ["noisy_topk", "softmax_topk", "sigmoid"])
+def test_kernel_path_trains_like_the_torch_path(kernel_step, router):
+    """use_kernels="on" (Triton kernels, interpreted) and "off" (torch) in TRAINING mode give the same output and
+    the same gradients of the input, the expert weights and the router weights, with the balance loss, the z-loss
+    and (noisy_topk) the noisy gate on, the noise drawn by global sample as the trainer does."""
+    from _kernel_switch import step
+
+    assert kernel_step["backend"] == "interpreter"
+    calls = kernel_step["calls"]
+    assert calls.count("moe_mlp") == 3, calls  # every router's experts ran as Triton kernels
+    assert calls.count("topk_gating") == 2, calls  # softmax_topk and sigmoid route with the gating kernel
+    got, want = kernel_step["res"][router], step(router, "off")
+    assert float(want["aux_loss"]) > 0 and float(want["z_loss"]) > 0
+    assert float(got["aux_loss"]) == pytest.approx(float(want["aux_loss"]), rel=1e-5)
+    assert torch.equal(got["tokens"], want["tokens"])
+    assert torch.allclose(got["y"], want["y"], atol=1e-5), (got["y"] - want["y"]).abs().max()
+    assert torch.allclose(got["dx"], want["dx"], atol=1e-5), (got["dx"] - want["dx"]).abs().max()
+    names = {"router.gate.weight", "experts.w1", "experts.w3", "experts.w2"}
+    if router == "noisy_topk":
+        names.add("router.noise.weight")  # only the smooth load of the noisy gate reaches it
+    assert set(want["grads"]) == set(got["grads"]) == names
+    for name in sorted(names):
+        g, w = got["grads"][name], want["grads"][name]
+        assert w is not None and w.abs().max() > 0, name
+        assert torch.allclose(g, w, atol=1e-5, rtol=1e-4), (name, (g - w).abs().max())
 
 
 @pytest.mark.parametrize("router", ["noisy_topk", "softmax_topk", "sigmoid", "switch"])

@@ -44,8 +44,8 @@ def corpus(tmp_path_factory):
 
 def _close(a, b, fields=3, tol=1e-5):
     """(loss, grad norm, aux) of every step equal to `tol`; fields=2 leaves out the aux value."""
-    return len(a) == len(b) and all(abs(x - y) <= tol * max(1.0, abs(y)) for ra, rb in zip(a, b)
-                                    for x, y in zip(ra[:fields], rb[:fields]))
+    return len(a) == len(b) and all(abs(x - y) <= tol * max(1.0, abs(y)) for ra, rb in zip(a, b, strict=True)
+                                    for x, y in zip(ra[:fields], rb[:fields], strict=True))
 
 
 @pytest.mark.dist

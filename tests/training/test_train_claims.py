@@ -115,9 +115,9 @@ def test_zero1_sigmoid_bias_and_capacity_on_two_ranks(corpus):
     assert res[0]["zero1_dense_sharded"]  # ZeRO-1 really shards the dense AdamW state over dp=2
     for key in ("zero1", "sigmoid"):
         assert res[0][key] == res[1][key]
-        assert all(abs(a - b) <= 1e-5 for a, b in zip(res[0][key], ref[key])), (key, res[0][key], ref[key])
+        assert all(abs(a - b) <= 1e-5 for a, b in zip(res[0][key], ref[key], strict=True)), (key, res[0][key], ref[key])
     for r in res:  # the aux-loss-free bias update is the same on both ranks and as on one process
-        for got, want in zip(r["bias"], ref["bias"]):
+        for got, want in zip(r["bias"], ref["bias"], strict=True):
             assert torch.allclose(got, want, atol=1e-7) and want.abs().sum() > 0
     assert all(d > 0 for d in res[0]["dropped"])  # capacity 0.5 drops assignments, and the step logs it
 

@@ -51,14 +51,14 @@ def runs(tmp_path_factory):
 def test_tp2_matches_single_process(runs, layout):
     _, _, ref, res = runs
     assert res[0][layout] == res[1][layout]
-    for a, b in zip(res[0][layout], ref[:STEPS]):
+    for a, b in zip(res[0][layout], ref[:STEPS], strict=True):
         assert abs(a - b) <= 1e-5, (res[0][layout], ref)
 
 
 @pytest.mark.dist
 def test_zero1_matches_plain_dp(runs):
     _, _, ref, res = runs
-    for a, b, c in zip(res[0]["zero1"], res[0]["dp2"], ref):
+    for a, b, c in zip(res[0]["zero1"], res[0]["dp2"], ref[:STEPS], strict=True):
         assert abs(a - b) <= 1e-6 and abs(b - c) <= 1e-5, (res[0], ref)
 
 
@@ -71,6 +71,6 @@ def test_resume_in_another_layout(runs, saved):
     hist = run_training(cfg, ParallelState())
     got = [r["loss"] for r in hist]
     assert [r["step"] for r in hist] == list(range(STEPS + 1, 2 * STEPS + 1))
-    for a, b in zip(got, ref[STEPS:]):
+    for a, b in zip(got, ref[STEPS:], strict=True):
         assert abs(a - b) <= 1e-5, (got, ref)
     assert torch.isfinite(torch.tensor(got)).all()
