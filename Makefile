@@ -30,7 +30,7 @@ demo: venv
 	$(PY) -m megatron_moe.demo
 
 test: venv
-	$(PY) -m pytest -q -m "not gpu and not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not gpu and not slow" --durations=25 $(PYTEST_ARGS)
 
 test-all: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -37,8 +37,8 @@ class Budget:
 
 
 QUICK = Budget(name="quick", corpus_bytes={"code": 300_000, "docstrings": 150_000, "docs": 150_000}, vocab=512,
-               hidden=64, layers=2, heads=4, ffn=128, seq_len=64, batch=8, pretrain_steps=200, pretrain_lr=5e-3,
-               cpt_steps=24, cpt_lr=5e-4, eval_sequences=16, calib_tokens=1024, valid_fraction=0.05)
+               hidden=64, layers=2, heads=4, ffn=128, seq_len=64, batch=8, pretrain_steps=500, pretrain_lr=5e-3,
+               cpt_steps=32, cpt_lr=2.5e-4, eval_sequences=16, calib_tokens=1024, valid_fraction=0.05)
 FULL = Budget(name="full", corpus_bytes={"code": 8_000_000, "docstrings": 4_000_000, "docs": 4_000_000},
               pretrain_steps=1500, cpt_steps=128, cpt_lr=6e-4)
 BUDGETS = {"quick": QUICK, "full": FULL}
