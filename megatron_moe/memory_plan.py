@@ -235,7 +235,7 @@ def a2a_buffer_bytes(cfg: Config, layout: Layout, imbalance: float = 2.0) -> flo
 # ------------------------------------------------------------------------------------------ plan
 def layout_from_config(cfg: Config, world_size: int) -> Layout:
     p, tr = cfg.parallel, cfg.train
-    return Layout(world_size=world_size, tp=p.tp, ep=p.ep, etp=p.expert_tp, sp=p.sp, zero1=tr.zero1,
+    return Layout(world_size=world_size, tp=p.tp, ep=p.ep, etp=p.expert_tp, sp=p.sp, zero1=tr.sharding == "zero1",
                   recompute=tr.recompute, micro_batch=tr.micro_batch_size)
 
 
@@ -244,7 +244,8 @@ def apply_layout(cfg: Config, layout: Layout) -> Config:
     out = copy.deepcopy(cfg)
     out.parallel.tp, out.parallel.ep, out.parallel.sp = layout.tp, layout.ep, layout.sp
     out.parallel.etp = layout.etp if layout.etp > 1 else None
-    out.train.zero1, out.train.recompute, out.train.micro_batch_size = layout.zero1, layout.recompute, layout.micro_batch
+    out.train.sharding = "zero1" if layout.zero1 else "none"
+    out.train.recompute, out.train.micro_batch_size = layout.recompute, layout.micro_batch
     return out
 
 
