@@ -81,9 +81,11 @@ def shard_model(model: nn.Module, ps: ParallelState, mode: str, *, bf16: bool, o
                                         register_fsdp_forward_method)
 
     from ..model.moe import MoELayer
+    from ..model.sharding import check_complete, sharding_table
 
     if mode not in FSDP_MODES:
         raise ValueError(f"shard_model: mode {mode!r} is not one of {', '.join(FSDP_MODES)}")
+    table = sharding_table(model)  # read from the declarations now: afterwards parameters are DTensors
     dp_mesh, edp_mesh = data_parallel_meshes(ps)
     common = dict(
         mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32),
@@ -111,6 +113,7 @@ def shard_model(model: nn.Module, ps: ParallelState, mode: str, *, bf16: bool, o
     for name in ROOT_METHODS:
         register_fsdp_forward_method(model, name)
     model.set_reduce_scatter_unused_params(True)
+    check_complete(table, [n for n, _ in model.named_parameters()])  # FSDP2 keeps the names
     log.info("%s: FSDP2 over dp=%d (dense) and edp=%d (experts), %s compute weights%s", mode, ps.dp_size,
              ps.edp_size, "bf16" if bf16 else "fp32", ", optimizer state in host memory" if offload else "")
     return model
