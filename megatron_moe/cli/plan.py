@@ -3,8 +3,10 @@
     megatron-moe plan --config examples/configs/llama_moe_3.5b_4of16.yaml --gpus 16 --gpu-mem 80
     megatron-moe plan --config CONFIG.yaml --gpus 8 --gpu-mem 40 parallel.ep=8 train.recompute=true
 
-Exit status: 0 when the configured layout fits, 1 when it does not (then a layout that fits with 10% margin is
-suggested, with its overrides, if one exists), 2 on bad input. Formulas: megatron_moe/memory_plan.py, docs/launch.md.
+Exit status: 0 when the configured layout fits, 1 when it does not fit or is not a valid layout for --gpus (e.g.
+parallel.ep=8 on 4 GPUs); then the layouts for --gpus are searched (tp, ep, sharding mode, optimizer offload,
+recomputation, micro batch) and the preferred one that fits with 10% margin is printed with its overrides, if one
+exists. 2 on bad input (unreadable config, bad numbers). Formulas: megatron_moe/memory_plan.py, docs/launch.md.
 """
 from __future__ import annotations
 
@@ -32,14 +34,20 @@ def main(args) -> int:
                               f"{args.gpus_per_node} must be positive")
     cfg = load_config(args.config, args.overrides)
     opts = dict(overhead_gib=args.overhead_gib, a2a_imbalance=args.a2a_imbalance)
-    plan = plan_memory(cfg, layout_from_config(cfg, args.gpus), **opts)
-    fits = plan.fits(args.gpu_mem)
+    try:
+        plan, invalid = plan_memory(cfg, layout_from_config(cfg, args.gpus), **opts), None
+    except MemoryPlanError as err:  # the configured layout does not divide --gpus: search instead of stopping
+        plan, invalid = None, str(err)
+    fits = plan is not None and plan.fits(args.gpu_mem)
     best = suggest_layout(cfg, args.gpus, args.gpu_mem, gpus_per_node=args.gpus_per_node, **opts)
     if args.json:
-        write_json({"configured": plan_fields(plan), "fits": fits,
+        write_json({"configured": plan_fields(plan) if plan else None, "configured_invalid": invalid, "fits": fits,
                     "suggested": plan_fields(best) if best else None}, args.json)
         return 0 if fits else 1
-    print(format_plan(cfg, plan, args.gpu_mem))
+    if plan is not None:
+        print(format_plan(cfg, plan, args.gpu_mem))
+    else:
+        print(f"configured {invalid} on {args.gpus} GPUs; searching layouts for {args.gpus} GPUs")
     if fits:
         return 0
     if best is None:
@@ -47,8 +55,5 @@ def main(args) -> int:
     else:
         print("\nsuggested:")
         print(format_plan(cfg, best, args.gpu_mem))
-        lay = best.layout
-        print(f"overrides: parallel.tp={lay.tp} parallel.ep={lay.ep} parallel.sp={str(lay.sp).lower()} "
-              f"train.zero1={str(lay.zero1).lower()} train.recompute={str(lay.recompute).lower()} "
-              f"train.micro_batch_size={lay.micro_batch}" + (f" parallel.etp={lay.etp}" if lay.etp > 1 else ""))
+        print(f"overrides: {best.layout.overrides()}")
     return 1

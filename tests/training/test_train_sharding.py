@@ -4,7 +4,8 @@ Noisy gate, global balance loss and gradient accumulation are on (2 micro-batche
 1 process with 1 micro-batch of 4), so losses, gradient norms and balance losses of 4 steps must match to 1e-5
 (moe.balance_scope=global makes the split irrelevant: test_train_accumulation.py). Layouts:
   EP=2 on 2 ranks (dense FSDP over dp=2, experts over edp=1), TP=2+SP on 2 ranks (dense over dp=1, experts
-  replicated over both TP ranks: FSDP over edp=2), and FSDP x EP=2 x TP=2+SP on 4 ranks (dp=2, edp=2).
+  replicated over both TP ranks: FSDP over edp=2), FSDP with optimizer offload at EP=2 (on CPU the offload
+  policy's code path runs, nothing moves), and FSDP x EP=2 x TP=2+SP on 4 ranks (dp=2, edp=2).
 Checkpoints: FSDP EP=2 saved at step 2 resumes in 1 process with zero1 (and a 1-process checkpoint resumes under
 FSDP EP=2) with the reference's losses; in the same layout the resume is bitwise.
 """
@@ -27,6 +28,7 @@ def _cfg(prefixes, run_dir, micro, sharding="none", save_interval=0, **par):
     cfg.moe.router, cfg.moe.noisy_gate, cfg.moe.gate_network = "noisy_topk", True, "linear"
     cfg.moe.balance_scope, cfg.moe.aux_loss_coeff = "global", 0.05
     cfg.train.sharding = sharding
+    cfg.train.offload_optimizer = par.pop("offload", False)
     for k, v in par.items():
         setattr(cfg.parallel, k, v)
     return cfg
@@ -49,7 +51,7 @@ def _layouts(rank, world, prefixes, root, layouts):
 
     out = {}
     for name, sharding, par in layouts:
-        cfg = _cfg(prefixes, root / name, 1, sharding, **par)
+        cfg = _cfg(prefixes, root / name, 1, sharding, **dict(par))
         out[name] = _train(cfg, init_parallel(prepared(cfg, world).parallel), world)
     return out
 
@@ -69,7 +71,8 @@ def corpus(tmp_path_factory):
 
 
 LAYOUTS_2 = [("zero2_ep2", "zero2", dict(ep=2)), ("fsdp_ep2", "fsdp", dict(ep=2)),
-             ("zero2_tp2sp", "zero2", dict(tp=2, sp=True)), ("fsdp_tp2sp", "fsdp", dict(tp=2, sp=True))]
+             ("zero2_tp2sp", "zero2", dict(tp=2, sp=True)), ("fsdp_tp2sp", "fsdp", dict(tp=2, sp=True)),
+             ("fsdp_ep2_offload", "fsdp", dict(ep=2, offload=True))]
 
 
 @pytest.mark.dist
