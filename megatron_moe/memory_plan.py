@@ -353,8 +353,8 @@ def suggest_layout(cfg: Config, world_size: int, gpu_mem_gib: float, *, gpus_per
                    overhead_gib: float = 4.0, a2a_imbalance: float = 2.0, margin: float = 0.9) -> Optional[MemoryPlan]:
     """The preferred layout whose estimate stays within margin * gpu_mem_gib, or None. Preference: no optimizer
     offload (AdamW on the CPU is slow), then the smallest tp (TP communicates every layer), then no recomputation
-    (~1/3 more compute), then the largest micro batch up to 4, then the smallest ep, then the least sharding
-    (SEARCHED_SHARDING's order)."""
+    (~1/3 more compute), then the largest micro batch up to 4, then the least sharding (SEARCHED_SHARDING's
+    order), then the smallest ep."""
     fitting = []
     for layout in candidate_layouts(cfg, world_size, gpus_per_node):
         plan = plan_memory(cfg, layout, overhead_gib=overhead_gib, a2a_imbalance=a2a_imbalance)
@@ -365,8 +365,8 @@ def suggest_layout(cfg: Config, world_size: int, gpu_mem_gib: float, *, gpus_per
 
     def key(plan: MemoryPlan):
         lay = plan.layout
-        return (lay.offload, lay.tp, lay.recompute, -min(lay.micro_batch, 4), lay.ep,
-                SEARCHED_SHARDING.index((lay.sharding, lay.offload)), lay.micro_batch, plan.total)
+        return (lay.offload, lay.tp, lay.recompute, -min(lay.micro_batch, 4),
+                SEARCHED_SHARDING.index((lay.sharding, lay.offload)), lay.ep, lay.micro_batch, plan.total)
 
     return min(fitting, key=key)
 
