@@ -21,7 +21,8 @@ Model state per parameter (Megatron mixed precision): bf16 = weight 2 + fp32 gra
   parameters and s = edp = world/(ep*etp) for expert parameters, w = 2 (bf16) or 4 (fp32) compute weight bytes:
     none    weights w, grads 4, optimizer master + Adam (12 bf16, 8 fp32)
     zero1   as none, optimizer / s: bf16 costs 6 + 12/s bytes per parameter (Megatron's distributed optimizer)
-    zero2   FSDP2, gathered weights kept from forward to backward: weights w (all layers gathered at the peak),
+    zero2   FSDP2, gathered weights kept from forward to backward: weights w (all layers gathered at the peak;
+            in fp32 a unit over a group of one, e.g. experts at edp = 1, computes with its shard: no copy),
             grads 4/s + one unit's unsharded gradient (w + 4 bytes per parameter of the largest unit: the
             compute-dtype gradient and its fp32 copy for the reduce-scatter), optimizer 12/s (the sharded fp32
             parameter is the master weight, + Adam m, v)
@@ -128,6 +129,8 @@ class MemoryPlan:
     local_expert_params: int
     host: float = 0.0
     """Host memory per GPU's process for offloaded state (not part of `total`)."""
+    master_weights: float = 0.0
+    """The part of `optimizer` that is fp32 master weights (FSDP2: the sharded parameters themselves)."""
 
     @property
     def total(self) -> float:
@@ -208,22 +211,21 @@ def local_params(cfg: Config, layout: Layout) -> tuple[int, int]:
     return dense, expert
 
 
-def fsdp_units(cfg: Config, layout: Layout) -> tuple[int, int]:
-    """(root, largest decoder-layer unit) parameters one rank gathers under FSDP2 (parallel/fsdp.py's units): the
-    root is embedding, final norm and head; a layer unit is its dense part plus its experts."""
+def fsdp_units(cfg: Config, layout: Layout) -> tuple[int, int, int]:
+    """(root, dense part, expert part of the largest decoder layer) parameters one rank gathers under FSDP2
+    (parallel/fsdp.py's units): the root is embedding, final norm and head; a layer unit is its dense part (over
+    dp) plus its experts (a unit of their own, over edp)."""
     m = cfg.model
     dense, expert = local_params(cfg, layout)
     root = _embedding_params(m) // layout.tp + m.hidden_size
     n_moe, n_dense = _layer_kinds(cfg)
     split, replicated = _attention_params(m)
-    attn = split // layout.tp + replicated
-    units = []
-    if n_dense:
-        units.append(attn + 3 * m.hidden_size * m.intermediate_size // layout.tp)
+    dense_mlp_layer = split // layout.tp + replicated + 3 * m.hidden_size * m.intermediate_size // layout.tp
+    layers = [(dense_mlp_layer, 0)] if n_dense else []
     if n_moe:
-        units.append((dense - root - n_dense * units[0]) // n_moe + expert // n_moe if n_dense else
-                     (dense - root) // n_moe + expert // n_moe)
-    return root, max(units)
+        moe_dense = (dense - root - n_dense * dense_mlp_layer) // n_moe
+        layers.append((moe_dense, expert // n_moe))
+    return (root, *max(layers, key=sum))
 
 
 # ----------------------------------------------------------------------------------- activations
@@ -303,19 +305,29 @@ def plan_memory(cfg: Config, layout: Layout, *, overhead_gib: float = 4.0, a2a_i
     host = 0.0
     if layout.sharding in ("none", "zero1"):
         weights, grads = w * (dense + expert), g * (dense + expert)
-        optimizer = (master + adam) * (sharded if layout.sharding == "zero1" else dense + expert)
+        held = sharded if layout.sharding == "zero1" else dense + expert
+        optimizer, master_weights = (master + adam) * held, master * held
     else:  # FSDP2: the sharded fp32 parameter is the master weight
-        root, unit = fsdp_units(cfg, layout)
-        weights = w * (dense + expert) if layout.sharding == "zero2" else w * (root + 2 * unit)
-        grads, optimizer = (w + 4 if w != 4 else 4) * max(root, unit), 0.0  # fp32: no cast for the reduce
+        root, unit_dense, unit_expert = fsdp_units(cfg, layout)
+        # in fp32 a unit over a group of one computes with its sharded parameter itself: no gathered copy
+        own_d = 0 if (w == 4 and layout.dp == 1) else 1
+        own_e = 0 if (w == 4 and layout.edp == 1) else 1
+        if layout.sharding == "zero2":
+            weights = w * (own_d * dense + own_e * expert)
+        else:
+            weights = w * (own_d * (root + 2 * unit_dense) + own_e * 2 * unit_expert)
+        unit = max(root, unit_dense + unit_expert)
+        grads, optimizer = (w + 4 if w != 4 else 4) * unit, 0.0  # fp32: no cast for the reduce
+        master_weights = 0.0
         if layout.offload:
             host = (4 + 4 + 8) * sharded
         else:
-            grads, optimizer = grads + 4 * sharded, (4 + 8) * sharded
+            grads, optimizer, master_weights = grads + 4 * sharded, (4 + 8) * sharded, 4 * sharded
     return MemoryPlan(layout=layout, weights=float(weights), grads=float(grads), optimizer=float(optimizer),
                       activations=activation_bytes(cfg, layout),
                       a2a_buffers=a2a_buffer_bytes(cfg, layout, a2a_imbalance), overhead=overhead_gib * GIB,
-                      local_dense_params=dense, local_expert_params=expert, host=float(host))
+                      local_dense_params=dense, local_expert_params=expert, host=float(host),
+                      master_weights=float(master_weights))
 
 
 def _divisors(n: int) -> list[int]:
