@@ -72,16 +72,19 @@ def _max_tracker():
         def __init__(self):
             super().__init__()
             self.maxima: dict = {}
+            self.in_sync = False  # set around training/grads.sync_grads
 
         def _update_snap(self, *args, **kwargs):  # every allocation, free and re-categorisation passes here
             super()._update_snap(*args, **kwargs)
             for dev, cats in self._curr_mem_snap.items():
                 top = self.maxima.setdefault(dev, {})
+                grad, act, temp = (cats.get(_ref(k), 0) for k in ("GRAD", "ACT", "TEMP"))
                 for k, v in cats.items():
-                    if v > top.get(k, 0):
+                    if v > top.get(k, 0) and not (self.in_sync and k == _ref("ACT")):
                         top[k] = v
-                grads_temp = cats.get(_ref("GRAD"), 0) + cats.get(_ref("TEMP"), 0)
-                top["grads+temp"] = max(top.get("grads+temp", 0), grads_temp)
+                top["grads+temp"] = max(top.get("grads+temp", 0), grad + temp)
+                if self.in_sync:  # MemTracker files the flat all-reduce bucket as Activation
+                    top["grads+sync"] = max(top.get("grads+sync", 0), grad + act)
 
     return MaxTracker()
 
@@ -98,10 +101,14 @@ def _plain(snapshot: dict) -> dict:
 
 
 def _measured(maxima: dict, fsdp: bool) -> dict:
-    """{category: maximum bytes} of the CPU (`_plain` maxima). Under FSDP2 MemTracker files the sharded gradients
-    FSDP2 writes in backward as Temp, so `grads` there is the maximum of Gradient + Temp."""
+    """{category: maximum bytes} of the CPU (`_plain` maxima). MemTracker files what is neither a parameter, a
+    gradient nor optimizer state by when it is created: the gradient all-reduce's flat bucket (after backward) as
+    Activation, so `grads` is the maximum of Gradient + Activation during sync_grads and `activations` leaves that
+    phase out; and under FSDP2 the sharded gradients it writes in backward as Temp, so there `grads` is the
+    maximum of Gradient + Temp."""
     (top,) = [v for d, v in maxima.items() if torch.device(d).type == "cpu"]
-    return {"params": top.get("Parameter", 0), "grads": top["grads+temp"] if fsdp else top.get("Gradient", 0),
+    grads = top["grads+temp"] if fsdp else max(top.get("Gradient", 0), top.get("grads+sync", 0))
+    return {"params": top.get("Parameter", 0), "grads": grads,
             "optimizer": top.get("Optstate", 0), "activations": top.get("Activation", 0),
             "temp": top.get("Temp", 0), "total": top.get("Total", 0)}
 
@@ -109,7 +116,8 @@ def _measured(maxima: dict, fsdp: bool) -> dict:
 def _planned(cfg: Config, world: int) -> dict:
     from .memory_plan import layout_from_config, plan_memory
 
-    plan = plan_memory(cfg, layout_from_config(cfg, world), overhead_gib=0.0)
+    # gloo on CPU runs each all-gather before the compute that needs it: no prefetched second layer
+    plan = plan_memory(cfg, layout_from_config(cfg, world), overhead_gib=0.0, gathered_layers=1)
     master = plan.master_weights
     fsdp = cfg.train.sharding in ("zero2", "fsdp")
     return {"params": plan.weights + master, "grads": plan.grads + (plan.a2a_buffers if fsdp else 0.0),
@@ -132,6 +140,18 @@ def _rank(rank: int, world: int, root: str, prefixes: dict, sharding: str, ep: i
     opts = [o.optim if hasattr(o, "optim") else o for o, _ in trainer.optimizer.parts]
     tracker = _max_tracker()
     tracker.track_external(trainer.model, *opts)
+    from .training import trainer as trainer_module
+
+    sync = trainer_module.sync_grads
+
+    def tagged_sync(*args, **kwargs):  # the gradient all-reduce's flat bucket is gradient memory, not activation
+        tracker.in_sync = True
+        try:
+            return sync(*args, **kwargs)
+        finally:
+            tracker.in_sync = False
+
+    trainer_module.sync_grads = tagged_sync
     with tracker:
         for _ in range(steps):
             tracker.reset_mod_stats()  # per-module stats are per iteration; the peak snapshot is kept

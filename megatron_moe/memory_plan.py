@@ -19,7 +19,8 @@ Per-GPU shards: attention, dense MLP, embedding and head are split over tp; rout
 Model state per parameter (Megatron mixed precision): bf16 = weight 2 + fp32 grad 4 + fp32 master 4 + Adam m,v 8
   = 18 bytes; fp32 = 4 + 4 + 0 + 8 = 16 bytes. Sharding (train.sharding) divides by s = dp = world/tp for dense
   parameters and s = edp = world/(ep*etp) for expert parameters, w = 2 (bf16) or 4 (fp32) compute weight bytes:
-    none    weights w, grads 4, optimizer master + Adam (12 bf16, 8 fp32)
+    none    weights w, grads 4 (+ one flat fp32 all-reduce bucket of min(2^25, local params) elements when dp or
+            edp > 1: training/grads.py), optimizer master + Adam (12 bf16, 8 fp32)
     zero1   as none, optimizer / s: bf16 costs 6 + 12/s bytes per parameter (Megatron's distributed optimizer)
     zero2   FSDP2, gathered weights kept from forward to backward: weights w (all layers gathered at the peak;
             in fp32 a unit over a group of one, e.g. experts at edp = 1, computes with its shard: no copy),
@@ -60,6 +61,7 @@ from .config import Config, ConfigError
 from .errors import UserError
 
 GIB = 2 ** 30
+GRAD_BUCKET_ELEMS = 2 ** 25  # training/grads.py BUCKET_ELEMS
 STATE_BYTES = {  # per parameter: (weight, grad, master, adam m+v)
     "bf16": (2, 4, 4, 8),
     "fp32": (4, 4, 0, 8),
@@ -293,8 +295,11 @@ def apply_layout(cfg: Config, layout: Layout) -> Config:
     return out
 
 
-def plan_memory(cfg: Config, layout: Layout, *, overhead_gib: float = 4.0, a2a_imbalance: float = 2.0) -> MemoryPlan:
-    """Per-GPU bytes of `layout` for `cfg` (formulas in the module docstring)."""
+def plan_memory(cfg: Config, layout: Layout, *, overhead_gib: float = 4.0, a2a_imbalance: float = 2.0,
+                gathered_layers: int = 2) -> MemoryPlan:
+    """Per-GPU bytes of `layout` for `cfg` (formulas in the module docstring). `gathered_layers`: decoder-layer
+    units fsdp holds gathered at once (2 on GPUs: the current one and the prefetched next; 1 where collectives do
+    not overlap compute, as gloo on CPU)."""
     try:
         apply_layout(cfg, layout).validate(layout.world_size)
     except ConfigError as err:
@@ -305,6 +310,8 @@ def plan_memory(cfg: Config, layout: Layout, *, overhead_gib: float = 4.0, a2a_i
     host = 0.0
     if layout.sharding in ("none", "zero1"):
         weights, grads = w * (dense + expert), g * (dense + expert)
+        if layout.dp > 1 or layout.edp > 1:  # training/grads.py all-reduces through one flat fp32 bucket
+            grads += g * min(GRAD_BUCKET_ELEMS, max(dense, expert))
         held = sharded if layout.sharding == "zero1" else dense + expert
         optimizer, master_weights = (master + adam) * held, master * held
     else:  # FSDP2: the sharded fp32 parameter is the master weight
@@ -315,7 +322,7 @@ def plan_memory(cfg: Config, layout: Layout, *, overhead_gib: float = 4.0, a2a_i
         if layout.sharding == "zero2":
             weights = w * (own_d * dense + own_e * expert)
         else:
-            weights = w * (own_d * (root + 2 * unit_dense) + own_e * 2 * unit_expert)
+            weights = w * (own_d * (root + gathered_layers * unit_dense) + own_e * gathered_layers * unit_expert)
         unit = max(root, unit_dense + unit_expert)
         grads, optimizer = (w + 4 if w != 4 else 4) * unit, 0.0  # fp32: no cast for the reduce
         master_weights = 0.0

@@ -28,10 +28,9 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from ..memory_plan import GRAD_BUCKET_ELEMS as BUCKET_ELEMS  # the planner counts one bucket
 from ..model.sharding import ParamSharding, sharding_table
 from ..parallel import ParallelState, all_reduce_, world_group
-
-BUCKET_ELEMS = 2 ** 25
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -63,6 +62,7 @@ def _all_reduce_flat(grads: list[torch.Tensor], group, scale: float) -> None:
         for g in bucket:
             g.copy_(flat[off:off + g.numel()].view_as(g))
             off += g.numel()
+        del flat  # before the next bucket's cat: one flat buffer at a time (memory_plan counts one)
 
 
 @torch.no_grad()

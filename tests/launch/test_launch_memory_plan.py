@@ -46,7 +46,7 @@ def test_plan_3p0b_on_112_gpus_by_hand():
     dense, expert = DENSE_16, 32 * (16 // 8) * EXPERT_688          # 541_065_216 expert params per GPU
     assert (plan.local_dense_params, plan.local_expert_params) == (dense, expert)
     assert plan.weights == 2 * (dense + expert)
-    assert plan.grads == 4 * (dense + expert)
+    assert plan.grads == 4 * (dense + expert) + 4 * 2 ** 25  # + one flat fp32 all-reduce bucket (grads.py)
     assert plan.optimizer == pytest.approx(12 * (dense / 112 + expert / 14))   # dp = 112, edp = 112 / 8
     T = 4096 * 2
     attn = 2 * T * 4096 + 2 * T * 4096 + 2 * T * (4096 + 2 * 4096) + 2 * T * 4096 + 4 * T * 32   # T * 49_280
@@ -57,8 +57,8 @@ def test_plan_3p0b_on_112_gpus_by_hand():
     assert plan.activations == outside + 32 * (attn + moe) == 31_511_805_952  # 29.35 GiB
     assert plan.a2a_buffers == 2 * 2 * T * 2 * 4096 * 2.0 == 512 * 2 ** 20
     assert plan.overhead == 4 * GIB
-    expected_total = (6 * (dense + expert) + 12 * (dense / 112 + expert / 14) + 31_511_805_952 + 512 * 2 ** 20
-                      + 4 * GIB)
+    expected_total = (6 * (dense + expert) + 4 * 2 ** 25 + 12 * (dense / 112 + expert / 14) + 31_511_805_952
+                      + 512 * 2 ** 20 + 4 * GIB)
     assert plan.total == pytest.approx(expected_total)
     assert 50.5 < plan.total_gib < 51.5 and plan.fits(80)
 
@@ -87,8 +87,9 @@ def test_zero1_matches_megatron_rule_for_dense_model():
     n = 6_738_415_616
     with_zero = plan_memory(cfg, Layout(8, sharding="zero1"))
     without = plan_memory(cfg, Layout(8, sharding="none"))
-    assert with_zero.weights + with_zero.grads + with_zero.optimizer == pytest.approx(n * (6 + 12 / 8))
-    assert without.weights + without.grads + without.optimizer == 18 * n
+    bucket = 4 * 2 ** 25  # the flat fp32 gradient all-reduce bucket of training/grads.py
+    assert with_zero.weights + with_zero.grads + with_zero.optimizer == pytest.approx(n * (6 + 12 / 8) + bucket)
+    assert without.weights + without.grads + without.optimizer == 18 * n + bucket
     assert with_zero.a2a_buffers == 0
 
 
@@ -101,7 +102,7 @@ def test_recompute_and_fp32_change_the_right_terms():
     cfg32 = load_config(CONFIGS / "llama_moe_3.5b_2of8.yaml", ["train.precision=fp32"])
     p32 = plan_memory(cfg32, Layout(8, ep=8, sharding="none", micro_batch=1))
     n = p32.local_dense_params + p32.local_expert_params
-    assert (p32.weights, p32.grads, p32.optimizer) == (4 * n, 4 * n, 8 * n)
+    assert (p32.weights, p32.grads, p32.optimizer) == (4 * n, 4 * n + 4 * 2 ** 25, 8 * n)
 
 
 def test_suggestion_fits_when_the_configured_layout_does_not():
