@@ -1,18 +1,21 @@
-"""The memory planner against a measurement: real training steps on CPU over gloo, peak memory per category per
-rank from torch's MemTracker (FSDPMemTracker under zero2 / fsdp), side by side with `plan_memory` for the same
-config and layout.
+"""The memory planner against a measurement: real training steps on CPU over gloo, each category's maximum per
+rank from torch's MemTracker, side by side with `plan_memory` for the same config and layout (fp32, no overhead,
+gathered_layers=1: gloo runs each all-gather before the compute that needs it).
 
     rows = check_plan(sharding_modes=("zero1", "zero2", "fsdp"), world=2)   # list of dicts, one per mode and rank
 
 The model has LLaMA-2-7B's widths (hidden 4096, FFN 11008 split into 16 experts of 688, 32 heads), 2 layers,
 a shrunk vocabulary and short sequences, so the parameter terms dominate as they do at scale. Categories:
-  params       MemTracker Parameter (FSDP: sharded + unsharded parameters + all-gather buffers); planned: weights
-               + the fp32 master weights that the planner counts under optimizer (FSDP's sharded parameters)
-  grads        Gradient (FSDP: sharded + unsharded gradients + reduce-scatter buffers); planned: grads
-  optimizer    Optstate; planned: optimizer minus master weights (AdamW m, v)
-  activations  Activation; planned: activations
-The snapshot is the one at the rank's peak total (the categories as they coexist), after warm-up steps so the
-AdamW state exists. Precision is fp32 (CPU), as the planner's fp32 rows.
+  params       max Parameter (sharded and gathered FSDP2 parameters alike); planned: weights + the fp32 master
+               weights that the planner counts under optimizer
+  grads        max Gradient, or Gradient + the all-reduce bucket (zero1), or Gradient + Temp (FSDP2), see
+               `_measured`; planned: grads (+ all-to-all buffers under FSDP2, also Temp)
+  optimizer    Optstate after the last step (AdamW m, v); planned: optimizer minus master weights
+  activations  max Activation outside sync_grads; planned: activations. Not validated: under FSDP2 it also holds
+               the all-gather buffers (docs/launch.md "Planner check")
+torch's FSDPMemTracker, which tells FSDP2's buffers apart, does not follow units entered through registered
+forward methods (our model.loss, the experts' row methods) and fails in backward, so the plain MemTracker is used.
+Measured after a warm-up step, so the AdamW state exists.
 """
 from __future__ import annotations
 

@@ -52,7 +52,6 @@ Overhead: a fixed allowance for the CUDA context, NCCL buffers and allocator fra
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 from dataclasses import dataclass
 from typing import Optional
@@ -388,28 +387,3 @@ def suggest_layout(cfg: Config, world_size: int, gpu_mem_gib: float, *, gpus_per
                 SEARCHED_SHARDING.index((lay.sharding, lay.offload)), lay.ep, lay.micro_batch, plan.total)
 
     return min(fitting, key=key)
-
-
-def format_plan(cfg: Config, plan: MemoryPlan, gpu_mem_gib: float) -> str:
-    """A human-readable table of `plan` (GiB per GPU)."""
-    counts = count_params(cfg)
-    rows = [
-        f"layout: {plan.layout.describe()} (world {plan.layout.world_size})",
-        f"params: total {counts.total / 1e9:.3f}B, activated {counts.activated / 1e9:.3f}B; "
-        f"per GPU dense {plan.local_dense_params / 1e9:.3f}B + experts {plan.local_expert_params / 1e9:.3f}B",
-    ]
-    for name in ("weights", "grads", "optimizer", "activations", "a2a_buffers", "overhead"):
-        rows.append(f"  {name:<12} {getattr(plan, name) / GIB:8.2f} GiB")
-    verdict = "fits" if plan.fits(gpu_mem_gib) else "does NOT fit"
-    rows.append(f"  {'total':<12} {plan.total_gib:8.2f} GiB  -> {verdict} in {gpu_mem_gib:g} GiB")
-    if plan.layout.offload:
-        rows.append(f"  {'host memory':<12} {plan.host / GIB:8.2f} GiB per GPU (offloaded optimizer state)")
-    return "\n".join(rows)
-
-
-def plan_fields(plan: MemoryPlan) -> dict:
-    """Plan as a JSON-friendly dict (GiB values plus the layout)."""
-    out = {k: v / GIB for k, v in dataclasses.asdict(plan).items() if isinstance(v, float)}
-    out.update(total=plan.total_gib, layout=dataclasses.asdict(plan.layout),
-               local_dense_params=plan.local_dense_params, local_expert_params=plan.local_expert_params)
-    return out

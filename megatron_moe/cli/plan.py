@@ -10,7 +10,13 @@ exists. 2 on bad input (unreadable config, bad numbers). Formulas: megatron_moe/
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .common import add_json, write_json
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..memory_plan import MemoryPlan
 
 
 def add_arguments(p) -> None:
@@ -26,8 +32,7 @@ def add_arguments(p) -> None:
 
 def main(args) -> int:
     from ..config import load_config
-    from ..memory_plan import (MemoryPlanError, format_plan, layout_from_config, plan_fields, plan_memory,
-                               suggest_layout)
+    from ..memory_plan import MemoryPlanError, layout_from_config, plan_memory, suggest_layout
 
     if args.gpus < 1 or args.gpu_mem <= 0 or args.gpus_per_node < 1:
         raise MemoryPlanError(f"--gpus={args.gpus}, --gpu-mem={args.gpu_mem} and --gpus-per-node="
@@ -57,3 +62,34 @@ def main(args) -> int:
         print(format_plan(cfg, best, args.gpu_mem))
         print(f"overrides: {best.layout.overrides()}")
     return 1
+
+
+def format_plan(cfg: Config, plan: MemoryPlan, gpu_mem_gib: float) -> str:
+    """A human-readable table of `plan` (GiB per GPU)."""
+    from ..memory_plan import GIB, count_params
+
+    counts = count_params(cfg)
+    rows = [
+        f"layout: {plan.layout.describe()} (world {plan.layout.world_size})",
+        f"params: total {counts.total / 1e9:.3f}B, activated {counts.activated / 1e9:.3f}B; "
+        f"per GPU dense {plan.local_dense_params / 1e9:.3f}B + experts {plan.local_expert_params / 1e9:.3f}B",
+    ]
+    for name in ("weights", "grads", "optimizer", "activations", "a2a_buffers", "overhead"):
+        rows.append(f"  {name:<12} {getattr(plan, name) / GIB:8.2f} GiB")
+    verdict = "fits" if plan.fits(gpu_mem_gib) else "does NOT fit"
+    rows.append(f"  {'total':<12} {plan.total_gib:8.2f} GiB  -> {verdict} in {gpu_mem_gib:g} GiB")
+    if plan.layout.offload:
+        rows.append(f"  {'host memory':<12} {plan.host / GIB:8.2f} GiB per GPU (offloaded optimizer state)")
+    return "\n".join(rows)
+
+
+def plan_fields(plan: MemoryPlan) -> dict:
+    """Plan as a JSON-friendly dict (GiB values plus the layout)."""
+    import dataclasses
+
+    from ..memory_plan import GIB
+
+    out = {k: v / GIB for k, v in dataclasses.asdict(plan).items() if isinstance(v, float)}
+    out.update(total=plan.total_gib, layout=dataclasses.asdict(plan.layout),
+               local_dense_params=plan.local_dense_params, local_expert_params=plan.local_expert_params)
+    return out
