@@ -412,6 +412,10 @@ class DataConfig:
 
 
 # --------------------------------------------------------------------------------------- training
+SHARDING_MODES = ("none", "zero1", "zero2", "fsdp")
+RENAMED_KEYS = {"train.zero1": "train.zero1 was replaced by train.sharding (zero1: true -> sharding: zero1)"}
+
+
 @dataclass
 class TrainConfig:
     """Optimizer, schedule, batch sizes and the training loop."""
@@ -446,8 +450,16 @@ class TrainConfig:
     """auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32. bf16 keeps fp32 master weights."""
     recompute: bool = False
     """Activation recomputation of every decoder layer."""
-    zero1: bool = False
-    """Shard optimizer state across data-parallel ranks (ZeRO-1)."""
+    sharding: str = "none"
+    """What is sharded over the data-parallel ranks (dense tensors over dp, expert tensors over edp):
+    none (every rank holds full weights, gradients and AdamW state); zero1 (AdamW state, torch
+    ZeroRedundancyOptimizer); zero2 (FSDP2 with reshard_after_forward=False: fp32 master weights, gradients and
+    AdamW state sharded, weights gathered once per micro-batch and kept from forward to backward); fsdp (FSDP2:
+    as zero2, and weights are gathered layer by layer in forward and again in backward). Composes with
+    tp/sp/ep/etp. README "Parallelism" says which to pick."""
+    offload_optimizer: bool = False
+    """Keep the sharded fp32 master weights, gradients and AdamW state in host memory and run AdamW on the CPU
+    (FSDP2's CPUOffloadPolicy); needs sharding zero2 or fsdp."""
     eval_interval: int = 0
     """Evaluate per-domain validation loss every N steps (0 = never)."""
     eval_iters: int = 4
@@ -465,6 +477,11 @@ class TrainConfig:
     `sbatch --signal=USR1@SECONDS` sends ahead of the time limit. [] makes SIGTERM stop at once (exit 143)."""
 
     def validate(self) -> None:
+        if self.sharding not in SHARDING_MODES:
+            raise ConfigError(f"train.sharding={self.sharding!r} is not one of {', '.join(SHARDING_MODES)}")
+        if self.offload_optimizer and self.sharding not in ("zero2", "fsdp"):
+            raise ConfigError(f"train.offload_optimizer=true needs train.sharding zero2 or fsdp (FSDP2's CPU "
+                              f"offload), not {self.sharding}")
         if self.lr_schedule not in ("cosine", "linear", "constant"):
             raise ConfigError(f"train.lr_schedule={self.lr_schedule!r} is not one of cosine, linear, constant")
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -608,6 +625,9 @@ def _build(cls, values: Any, where: str):
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
+            renamed = RENAMED_KEYS.get(f"{where}.{key}".removeprefix("config."))
+            if renamed:
+                raise ConfigError(f"unknown config key {where}.{key}: {renamed}")
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"unknown config key {where}.{key}{hint}")

@@ -17,8 +17,21 @@ Parameters (what megatron_moe.model builds, untied embedding/head):
 Per-GPU shards: attention, dense MLP, embedding and head are split over tp; routed experts over ep
   (E/ep per rank) and etp (F/etp); norms, routers and shared experts are replicated.
 Model state per parameter (Megatron mixed precision): bf16 = weight 2 + fp32 grad 4 + fp32 master 4 + Adam m,v 8
-  = 18 bytes; fp32 = 4 + 4 + 0 + 8 = 16 bytes. ZeRO-1 divides master + Adam by dp = world/tp for dense
-  parameters and by edp = world/(ep*etp) for expert parameters: bf16 costs 6 + 12/dp bytes per parameter.
+  = 18 bytes; fp32 = 4 + 4 + 0 + 8 = 16 bytes. Sharding (train.sharding) divides by s = dp = world/tp for dense
+  parameters and s = edp = world/(ep*etp) for expert parameters, w = 2 (bf16) or 4 (fp32) compute weight bytes:
+    none    weights w, grads 4 (+ one flat fp32 all-reduce bucket of min(2^25, local params) elements when dp or
+            edp > 1: training/grads.py), optimizer master + Adam (12 bf16, 8 fp32)
+    zero1   as none, optimizer / s: bf16 costs 6 + 12/s bytes per parameter (Megatron's distributed optimizer)
+    zero2   FSDP2, gathered weights kept from forward to backward: weights w (all layers gathered at the peak;
+            in fp32 a unit over a group of one, e.g. experts at edp = 1, computes with its shard: no copy),
+            grads 4/s + one unit's unsharded gradient (w + 4 bytes per parameter of the largest unit: the
+            compute-dtype gradient and its fp32 copy for the reduce-scatter), optimizer 12/s (the sharded fp32
+            parameter is the master weight, + Adam m, v)
+    fsdp    as zero2, but weights are gathered one unit at a time: w * (root + 2 * largest layer unit) (the root:
+            embedding, final norm, head stay gathered; a layer unit is a decoder layer with its experts; two for
+            the current and the prefetched next one)
+  offload (zero2 / fsdp): the sharded fp32 parameters, their gradients and Adam state live in host memory: the GPU
+  keeps the gathered weights and one unit's gradients; `host` is 16/s bytes per parameter (not in the GPU total).
 Activations per micro-batch, in the manner of Korthikanti et al. 2022 ("Reducing Activation Recomputation in
   Large Transformer Models", sbh(34 + 5as/h) per layer), re-derived for this model: no dropout, SDPA/flash
   attention (no S² scores kept), SwiGLU, GQA, fused RMSNorm (keeps only its input), and MoE token replication:
@@ -39,7 +52,6 @@ Overhead: a fixed allowance for the CUDA context, NCCL buffers and allocator fra
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 from dataclasses import dataclass
 from typing import Optional
@@ -48,6 +60,7 @@ from .config import Config, ConfigError
 from .errors import UserError
 
 GIB = 2 ** 30
+GRAD_BUCKET_ELEMS = 2 ** 25  # training/grads.py BUCKET_ELEMS
 STATE_BYTES = {  # per parameter: (weight, grad, master, adam m+v)
     "bf16": (2, 4, 4, 8),
     "fp32": (4, 4, 0, 8),
@@ -67,7 +80,10 @@ class Layout:
     ep: int = 1
     etp: int = 1
     sp: bool = False
-    zero1: bool = False
+    sharding: str = "none"
+    """train.sharding: none, zero1, zero2 or fsdp."""
+    offload: bool = False
+    """train.offload_optimizer (zero2 / fsdp only)."""
     recompute: bool = False
     micro_batch: int = 1
 
@@ -81,7 +97,15 @@ class Layout:
 
     def describe(self) -> str:
         return (f"tp={self.tp} ep={self.ep} etp={self.etp} sp={self.sp} dp={self.dp} edp={self.edp} "
-                f"zero1={self.zero1} recompute={self.recompute} micro_batch={self.micro_batch}")
+                f"sharding={self.sharding}{' offload' if self.offload else ''} recompute={self.recompute} "
+                f"micro_batch={self.micro_batch}")
+
+    def overrides(self) -> str:
+        """The config overrides that select this layout."""
+        return (f"parallel.tp={self.tp} parallel.ep={self.ep} parallel.sp={str(self.sp).lower()} "
+                f"train.sharding={self.sharding} train.offload_optimizer={str(self.offload).lower()} "
+                f"train.recompute={str(self.recompute).lower()} train.micro_batch_size={self.micro_batch}"
+                + (f" parallel.etp={self.etp}" if self.etp > 1 else ""))
 
 
 @dataclass(frozen=True)
@@ -104,6 +128,10 @@ class MemoryPlan:
     overhead: float
     local_dense_params: int
     local_expert_params: int
+    host: float = 0.0
+    """Host memory per GPU's process for offloaded state (not part of `total`)."""
+    master_weights: float = 0.0
+    """The part of `optimizer` that is fp32 master weights (FSDP2: the sharded parameters themselves)."""
 
     @property
     def total(self) -> float:
@@ -184,6 +212,23 @@ def local_params(cfg: Config, layout: Layout) -> tuple[int, int]:
     return dense, expert
 
 
+def fsdp_units(cfg: Config, layout: Layout) -> tuple[int, int, int]:
+    """(root, dense part, expert part of the largest decoder layer) parameters one rank gathers under FSDP2
+    (parallel/fsdp.py's units): the root is embedding, final norm and head; a layer unit is its dense part (over
+    dp) plus its experts (a unit of their own, over edp)."""
+    m = cfg.model
+    dense, expert = local_params(cfg, layout)
+    root = _embedding_params(m) // layout.tp + m.hidden_size
+    n_moe, n_dense = _layer_kinds(cfg)
+    split, replicated = _attention_params(m)
+    dense_mlp_layer = split // layout.tp + replicated + 3 * m.hidden_size * m.intermediate_size // layout.tp
+    layers = [(dense_mlp_layer, 0)] if n_dense else []
+    if n_moe:
+        moe_dense = (dense - root - n_dense * dense_mlp_layer) // n_moe
+        layers.append((moe_dense, expert // n_moe))
+    return (root, *max(layers, key=sum))
+
+
 # ----------------------------------------------------------------------------------- activations
 def _act_bytes(cfg: Config) -> int:
     return 4 if cfg.train.precision == "fp32" else 2  # auto means bf16 on the GPUs this plans for
@@ -235,8 +280,8 @@ def a2a_buffer_bytes(cfg: Config, layout: Layout, imbalance: float = 2.0) -> flo
 # ------------------------------------------------------------------------------------------ plan
 def layout_from_config(cfg: Config, world_size: int) -> Layout:
     p, tr = cfg.parallel, cfg.train
-    return Layout(world_size=world_size, tp=p.tp, ep=p.ep, etp=p.expert_tp, sp=p.sp, zero1=tr.zero1,
-                  recompute=tr.recompute, micro_batch=tr.micro_batch_size)
+    return Layout(world_size=world_size, tp=p.tp, ep=p.ep, etp=p.expert_tp, sp=p.sp, sharding=tr.sharding,
+                  offload=tr.offload_optimizer, recompute=tr.recompute, micro_batch=tr.micro_batch_size)
 
 
 def apply_layout(cfg: Config, layout: Layout) -> Config:
@@ -244,29 +289,61 @@ def apply_layout(cfg: Config, layout: Layout) -> Config:
     out = copy.deepcopy(cfg)
     out.parallel.tp, out.parallel.ep, out.parallel.sp = layout.tp, layout.ep, layout.sp
     out.parallel.etp = layout.etp if layout.etp > 1 else None
-    out.train.zero1, out.train.recompute, out.train.micro_batch_size = layout.zero1, layout.recompute, layout.micro_batch
+    out.train.sharding, out.train.offload_optimizer = layout.sharding, layout.offload
+    out.train.recompute, out.train.micro_batch_size = layout.recompute, layout.micro_batch
     return out
 
 
-def plan_memory(cfg: Config, layout: Layout, *, overhead_gib: float = 4.0, a2a_imbalance: float = 2.0) -> MemoryPlan:
-    """Per-GPU bytes of `layout` for `cfg` (formulas in the module docstring)."""
+def plan_memory(cfg: Config, layout: Layout, *, overhead_gib: float = 4.0, a2a_imbalance: float = 2.0,
+                gathered_layers: int = 2) -> MemoryPlan:
+    """Per-GPU bytes of `layout` for `cfg` (formulas in the module docstring). `gathered_layers`: decoder-layer
+    units fsdp holds gathered at once (2 on GPUs: the current one and the prefetched next; 1 where collectives do
+    not overlap compute, as gloo on CPU)."""
     try:
         apply_layout(cfg, layout).validate(layout.world_size)
     except ConfigError as err:
         raise MemoryPlanError(f"layout {layout.describe()} is invalid: {err}") from None
     w, g, master, adam = STATE_BYTES["fp32" if cfg.train.precision == "fp32" else "bf16"]
     dense, expert = local_params(cfg, layout)
-    shard_dense = layout.dp if layout.zero1 else 1
-    shard_expert = layout.edp if layout.zero1 else 1
-    optimizer = (master + adam) * (dense / shard_dense + expert / shard_expert)
-    return MemoryPlan(layout=layout, weights=float(w * (dense + expert)), grads=float(g * (dense + expert)),
-                      optimizer=float(optimizer), activations=activation_bytes(cfg, layout),
+    sharded = dense / layout.dp + expert / layout.edp  # parameters per rank when sharded over dp / edp
+    host = 0.0
+    if layout.sharding in ("none", "zero1"):
+        weights, grads = w * (dense + expert), g * (dense + expert)
+        if layout.dp > 1 or layout.edp > 1:  # training/grads.py all-reduces through one flat fp32 bucket
+            grads += g * min(GRAD_BUCKET_ELEMS, max(dense, expert))
+        held = sharded if layout.sharding == "zero1" else dense + expert
+        optimizer, master_weights = (master + adam) * held, master * held
+    else:  # FSDP2: the sharded fp32 parameter is the master weight
+        root, unit_dense, unit_expert = fsdp_units(cfg, layout)
+        # in fp32 a unit over a group of one computes with its sharded parameter itself: no gathered copy
+        own_d = 0 if (w == 4 and layout.dp == 1) else 1
+        own_e = 0 if (w == 4 and layout.edp == 1) else 1
+        if layout.sharding == "zero2":
+            weights = w * (own_d * dense + own_e * expert)
+        else:
+            weights = w * (own_d * (root + gathered_layers * unit_dense) + own_e * gathered_layers * unit_expert)
+        unit = max(root, unit_dense + unit_expert)
+        grads, optimizer = (w + 4 if w != 4 else 4) * unit, 0.0  # fp32: no cast for the reduce
+        master_weights = 0.0
+        if layout.offload:
+            host = (4 + 4 + 8) * sharded
+        else:
+            grads, optimizer, master_weights = grads + 4 * sharded, (4 + 8) * sharded, 4 * sharded
+    return MemoryPlan(layout=layout, weights=float(weights), grads=float(grads), optimizer=float(optimizer),
+                      activations=activation_bytes(cfg, layout),
                       a2a_buffers=a2a_buffer_bytes(cfg, layout, a2a_imbalance), overhead=overhead_gib * GIB,
-                      local_dense_params=dense, local_expert_params=expert)
+                      local_dense_params=dense, local_expert_params=expert, host=float(host),
+                      master_weights=float(master_weights))
 
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+# (sharding, offload) in order of preference: zero1 is as cheap as none (the same all-reduce volume); zero2 gathers
+# weights once per micro-batch; fsdp again in backward; offload moves AdamW to the CPU
+SEARCHED_SHARDING = (("zero1", False), ("none", False), ("zero2", False), ("fsdp", False), ("zero2", True),
+                     ("fsdp", True))
 
 
 def candidate_layouts(cfg: Config, world_size: int, gpus_per_node: int = 8, max_micro_batch: int = 8) -> list[Layout]:
@@ -276,11 +353,12 @@ def candidate_layouts(cfg: Config, world_size: int, gpus_per_node: int = 8, max_
     etps = sorted({1, cfg.parallel.expert_tp})
     mbs = [2 ** i for i in range(max_micro_batch.bit_length()) if 2 ** i <= max_micro_batch]
     out = []
-    for tp, ep, etp, zero1, recompute, mb in itertools.product(
-            [d for d in _divisors(world_size) if d <= gpus_per_node], eps, etps, (True, False), (False, True), mbs):
+    for tp, ep, etp, (sharding, offload), recompute, mb in itertools.product(
+            [d for d in _divisors(world_size) if d <= gpus_per_node], eps, etps, SEARCHED_SHARDING, (False, True),
+            mbs):
         if ep * etp > gpus_per_node:
             continue
-        layout = Layout(world_size, tp, ep, etp, tp > 1, zero1, recompute, mb)
+        layout = Layout(world_size, tp, ep, etp, tp > 1, sharding, offload, recompute, mb)
         try:
             apply_layout(cfg, layout).validate(world_size)
         except ConfigError:
@@ -291,9 +369,10 @@ def candidate_layouts(cfg: Config, world_size: int, gpus_per_node: int = 8, max_
 
 def suggest_layout(cfg: Config, world_size: int, gpu_mem_gib: float, *, gpus_per_node: int = 8,
                    overhead_gib: float = 4.0, a2a_imbalance: float = 2.0, margin: float = 0.9) -> Optional[MemoryPlan]:
-    """The preferred layout whose estimate stays within margin * gpu_mem_gib, or None. Preference: smallest tp
-    (TP communicates every layer), then no recomputation (~1/3 more compute), then the largest micro batch up
-    to 4, then the smallest ep, then ZeRO-1 on."""
+    """The preferred layout whose estimate stays within margin * gpu_mem_gib, or None. Preference: no optimizer
+    offload (AdamW on the CPU is slow), then the smallest tp (TP communicates every layer), then no recomputation
+    (~1/3 more compute), then the largest micro batch up to 4, then the least sharding (SEARCHED_SHARDING's
+    order), then the smallest ep."""
     fitting = []
     for layout in candidate_layouts(cfg, world_size, gpus_per_node):
         plan = plan_memory(cfg, layout, overhead_gib=overhead_gib, a2a_imbalance=a2a_imbalance)
@@ -304,29 +383,7 @@ def suggest_layout(cfg: Config, world_size: int, gpu_mem_gib: float, *, gpus_per
 
     def key(plan: MemoryPlan):
         lay = plan.layout
-        return (lay.tp, lay.recompute, -min(lay.micro_batch, 4), lay.ep, not lay.zero1, lay.micro_batch, plan.total)
+        return (lay.offload, lay.tp, lay.recompute, -min(lay.micro_batch, 4),
+                SEARCHED_SHARDING.index((lay.sharding, lay.offload)), lay.ep, lay.micro_batch, plan.total)
 
     return min(fitting, key=key)
-
-
-def format_plan(cfg: Config, plan: MemoryPlan, gpu_mem_gib: float) -> str:
-    """A human-readable table of `plan` (GiB per GPU)."""
-    counts = count_params(cfg)
-    rows = [
-        f"layout: {plan.layout.describe()} (world {plan.layout.world_size})",
-        f"params: total {counts.total / 1e9:.3f}B, activated {counts.activated / 1e9:.3f}B; "
-        f"per GPU dense {plan.local_dense_params / 1e9:.3f}B + experts {plan.local_expert_params / 1e9:.3f}B",
-    ]
-    for name in ("weights", "grads", "optimizer", "activations", "a2a_buffers", "overhead"):
-        rows.append(f"  {name:<12} {getattr(plan, name) / GIB:8.2f} GiB")
-    verdict = "fits" if plan.fits(gpu_mem_gib) else "does NOT fit"
-    rows.append(f"  {'total':<12} {plan.total_gib:8.2f} GiB  -> {verdict} in {gpu_mem_gib:g} GiB")
-    return "\n".join(rows)
-
-
-def plan_fields(plan: MemoryPlan) -> dict:
-    """Plan as a JSON-friendly dict (GiB values plus the layout)."""
-    out = {k: v / GIB for k, v in dataclasses.asdict(plan).items() if isinstance(v, float)}
-    out.update(total=plan.total_gib, layout=dataclasses.asdict(plan.layout),
-               local_dense_params=plan.local_dense_params, local_expert_params=plan.local_expert_params)
-    return out

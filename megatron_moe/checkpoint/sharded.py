@@ -1,12 +1,16 @@
 """Save and load a live model in any parallel layout (torch.distributed.checkpoint + DTensor).
 
-Each local parameter is wrapped as a DTensor on a device mesh built from its `splits` (model/sharding.py):
-mesh shape (replicas, *split sizes) over ranks in megatron-core order, placements (Replicate, Shard(dim)...).
-DCP writes each global chunk once (replicas are deduplicated) and, on load, reads only the chunks that overlap
-this rank's slice, so a checkpoint saved at one TP/EP/DP layout loads into any other.
+Each rank's piece of a tensor is wrapped as a DTensor that places it in the canonical global tensor: the
+model-parallel cut comes from the model's sharding table (model/sharding.py), and when the tensor is an FSDP2
+DTensor (train.sharding zero2 / fsdp) its data-parallel cut comes from its own placement. The mesh lists the
+rank axes in the order the cuts are applied (replicas, the model-parallel splits outermost first, then the FSDP
+shard), over ranks in megatron-core order. DCP writes each global chunk once (replicas are deduplicated) and, on
+load, reads only the chunks that overlap this rank's piece, so a checkpoint saved at one TP/EP/DP/sharding layout
+loads into any other.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -15,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import CheckpointError
-from ..model.sharding import global_shape, splits_of
+from ..model.sharding import ParamSharding, sharding_table
 from .format import INDEX, MODEL_DIR, read_index, resolve
 from .store import dcp_load, dcp_save, part_metadata, part_of
 
@@ -26,33 +30,57 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _mesh(shape: tuple, device_type: str):
+def _mesh(ranks: torch.Tensor, device_type: str):
+    """A DeviceMesh over `ranks` (created once per arrangement; every rank creates them in the same order)."""
     from torch.distributed.device_mesh import DeviceMesh
 
-    key = (shape, device_type, id(dist.group.WORLD))
+    key = (tuple(ranks.shape), tuple(ranks.flatten().tolist()), device_type, id(dist.group.WORLD))
     if key not in _MESHES:
-        _MESHES[key] = DeviceMesh(device_type, torch.arange(dist.get_world_size()).view(*shape))
+        _MESHES[key] = DeviceMesh(device_type, ranks.contiguous())
     return _MESHES[key]
 
 
-def as_global(local: torch.Tensor, splits: tuple, like: Optional[torch.Tensor] = None):
-    """Wrap a local shard as a DTensor describing its place in the global tensor (plain tensor if unsplit
-    or single-process). Splits must be listed outermost rank dimension first (e.g. ep before etp)."""
-    if not splits or not _distributed():
+def fsdp_cut(t: torch.Tensor) -> Optional[tuple[int, int]]:
+    """(dim, group size) of an FSDP2 DTensor's data-parallel shard; None for a plain tensor."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    if not isinstance(t, DTensor):
+        return None
+    (place,) = t.placements
+    if not isinstance(place, Shard):
+        raise CheckpointError(f"unexpected FSDP placement {place} (expected one Shard)")
+    return place.dim, t.device_mesh.size()
+
+
+def local_of(t: torch.Tensor) -> torch.Tensor:
+    """This rank's data of a plain tensor or a DTensor."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def as_global(t: torch.Tensor, spec: ParamSharding):
+    """A DTensor placing this rank's piece of `t` (a model-parallel shard, or an FSDP2 DTensor of one) in the
+    canonical global tensor; the plain local tensor when nothing is cut or single-process."""
+    cut = fsdp_cut(t)
+    local = local_of(t).contiguous()
+    if not _distributed() or (not spec.splits and (cut is None or cut[1] == 1)):
         return local
     from torch.distributed.tensor import DTensor, Replicate, Shard
 
-    sizes = [s.size for s in splits]
-    prod = 1
-    for s in sizes:
-        prod *= s
+    sizes = [s.size for s in spec.splits]
+    split_ranks = math.prod(sizes)
     world = dist.get_world_size()
-    mesh = _mesh((world // prod, *sizes), local.device.type)
-    shape = list(local.shape)
-    for s in splits:
-        shape[s.dim] *= s.size
+    ranks = torch.arange(world)
+    placements = [Replicate()] + [Shard(s.dim) for s in spec.splits]
+    if cut is None or cut[1] == 1:
+        ranks = ranks.view(world // split_ranks, *sizes)
+    else:  # the FSDP group is the outermost rank axis (dp / edp); replicas in between; shard applied last
+        fsdp = cut[1]
+        ranks = ranks.view(fsdp, world // (split_ranks * fsdp), *sizes)
+        ranks = ranks.permute(*range(1, ranks.dim()), 0)
+        placements.append(Shard(cut[0]))
+    shape = spec.global_shape(t.shape)
     stride = torch.empty(shape, device="meta").stride()
-    return DTensor.from_local(local, mesh, [Replicate()] + [Shard(s.dim) for s in splits], run_check=False,
+    return DTensor.from_local(local, _mesh(ranks, local.device.type), placements, run_check=False,
                               shape=torch.Size(shape), stride=stride)
 
 
@@ -78,13 +106,14 @@ def save_model(model: nn.Module, ckpt_dir: str | Path, dtype: Optional[torch.dty
     Returns the index. `ckpt_dir` is normally a temporary directory the caller renames when complete."""
     ckpt_dir = Path(ckpt_dir)
     tensors = model_tensors(model)
+    table = sharding_table(model)
     parts = _by_part(tensors)
     for part, names in parts.items():
         sd = {}
         for n in names:
             t = tensors[n].detach()
             t = t if dtype is None else t.to(dtype)
-            sd[n] = as_global(t.contiguous(), splits_of(tensors[n]))
+            sd[n] = as_global(t.contiguous(), table[n])
         dcp_save(sd, ckpt_dir / MODEL_DIR / part, no_dist=not _distributed())
     index = {"parts": {p: sorted(ns) for p, ns in parts.items()},
              "dtype": str(dtype or next(iter(tensors.values())).dtype).replace("torch.", "")}
@@ -105,6 +134,7 @@ def load_into(model: nn.Module, path: str | Path, strict: bool = True, collectiv
     index = read_index(ckpt)
     stored = {n: p for p, ns in index["parts"].items() for n in ns}
     tensors = model_tensors(model)
+    table = sharding_table(model)
     missing = [n for n in tensors if n not in stored]
     if missing and strict:
         raise CheckpointError(f"{ckpt}: checkpoint lacks {missing[0]!r} ({len(missing)} tensors missing); "
@@ -116,13 +146,11 @@ def load_into(model: nn.Module, path: str | Path, strict: bool = True, collectiv
         for n in names:
             if n not in md:
                 raise CheckpointError(f"{pdir}: part lacks {n!r}, which model/{INDEX} lists")
-            want = global_shape(tensors[n])
+            want = table[n].global_shape(tensors[n].shape)
             if md[n][0] != tuple(want):
                 raise CheckpointError(f"{pdir}: {n} has shape {md[n][0]} but the model expects {tuple(want)}")
-            buf = torch.empty_like(tensors[n], dtype=md[n][1])
-            targets[n] = as_global(buf, splits_of(tensors[n])) if collective else buf
+            buf = torch.empty_like(tensors[n].detach(), dtype=md[n][1])  # a DTensor like an FSDP2 parameter
+            targets[n] = as_global(buf, table[n]) if collective else local_of(buf)
         dcp_load(targets, pdir, no_dist=not collective)
         for n in names:
-            t = targets[n]
-            local = t.to_local() if hasattr(t, "to_local") else t
-            tensors[n].copy_(local.to(tensors[n].dtype))
+            local_of(tensors[n]).copy_(local_of(targets[n]).to(tensors[n].dtype))

@@ -3,12 +3,20 @@
     megatron-moe plan --config examples/configs/llama_moe_3.5b_4of16.yaml --gpus 16 --gpu-mem 80
     megatron-moe plan --config CONFIG.yaml --gpus 8 --gpu-mem 40 parallel.ep=8 train.recompute=true
 
-Exit status: 0 when the configured layout fits, 1 when it does not (then a layout that fits with 10% margin is
-suggested, with its overrides, if one exists), 2 on bad input. Formulas: megatron_moe/memory_plan.py, docs/launch.md.
+Exit status: 0 when the configured layout fits, 1 when it does not fit or is not a valid layout for --gpus (e.g.
+parallel.ep=8 on 4 GPUs); then the layouts for --gpus are searched (tp, ep, sharding mode, optimizer offload,
+recomputation, micro batch) and the preferred one that fits with 10% margin is printed with its overrides, if one
+exists. 2 on bad input (unreadable config, bad numbers). Formulas: megatron_moe/memory_plan.py, docs/launch.md.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .common import add_json, write_json
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..memory_plan import MemoryPlan
 
 
 def add_arguments(p) -> None:
@@ -24,22 +32,27 @@ def add_arguments(p) -> None:
 
 def main(args) -> int:
     from ..config import load_config
-    from ..memory_plan import (MemoryPlanError, format_plan, layout_from_config, plan_fields, plan_memory,
-                               suggest_layout)
+    from ..memory_plan import MemoryPlanError, layout_from_config, plan_memory, suggest_layout
 
     if args.gpus < 1 or args.gpu_mem <= 0 or args.gpus_per_node < 1:
         raise MemoryPlanError(f"--gpus={args.gpus}, --gpu-mem={args.gpu_mem} and --gpus-per-node="
                               f"{args.gpus_per_node} must be positive")
     cfg = load_config(args.config, args.overrides)
     opts = dict(overhead_gib=args.overhead_gib, a2a_imbalance=args.a2a_imbalance)
-    plan = plan_memory(cfg, layout_from_config(cfg, args.gpus), **opts)
-    fits = plan.fits(args.gpu_mem)
+    try:
+        plan, invalid = plan_memory(cfg, layout_from_config(cfg, args.gpus), **opts), None
+    except MemoryPlanError as err:  # the configured layout does not divide --gpus: search instead of stopping
+        plan, invalid = None, str(err)
+    fits = plan is not None and plan.fits(args.gpu_mem)
     best = suggest_layout(cfg, args.gpus, args.gpu_mem, gpus_per_node=args.gpus_per_node, **opts)
     if args.json:
-        write_json({"configured": plan_fields(plan), "fits": fits,
+        write_json({"configured": plan_fields(plan) if plan else None, "configured_invalid": invalid, "fits": fits,
                     "suggested": plan_fields(best) if best else None}, args.json)
         return 0 if fits else 1
-    print(format_plan(cfg, plan, args.gpu_mem))
+    if plan is not None:
+        print(format_plan(cfg, plan, args.gpu_mem))
+    else:
+        print(f"configured {invalid} on {args.gpus} GPUs; searching layouts for {args.gpus} GPUs")
     if fits:
         return 0
     if best is None:
@@ -47,8 +60,36 @@ def main(args) -> int:
     else:
         print("\nsuggested:")
         print(format_plan(cfg, best, args.gpu_mem))
-        lay = best.layout
-        print(f"overrides: parallel.tp={lay.tp} parallel.ep={lay.ep} parallel.sp={str(lay.sp).lower()} "
-              f"train.zero1={str(lay.zero1).lower()} train.recompute={str(lay.recompute).lower()} "
-              f"train.micro_batch_size={lay.micro_batch}" + (f" parallel.etp={lay.etp}" if lay.etp > 1 else ""))
+        print(f"overrides: {best.layout.overrides()}")
     return 1
+
+
+def format_plan(cfg: Config, plan: MemoryPlan, gpu_mem_gib: float) -> str:
+    """A human-readable table of `plan` (GiB per GPU)."""
+    from ..memory_plan import GIB, count_params
+
+    counts = count_params(cfg)
+    rows = [
+        f"layout: {plan.layout.describe()} (world {plan.layout.world_size})",
+        f"params: total {counts.total / 1e9:.3f}B, activated {counts.activated / 1e9:.3f}B; "
+        f"per GPU dense {plan.local_dense_params / 1e9:.3f}B + experts {plan.local_expert_params / 1e9:.3f}B",
+    ]
+    for name in ("weights", "grads", "optimizer", "activations", "a2a_buffers", "overhead"):
+        rows.append(f"  {name:<12} {getattr(plan, name) / GIB:8.2f} GiB")
+    verdict = "fits" if plan.fits(gpu_mem_gib) else "does NOT fit"
+    rows.append(f"  {'total':<12} {plan.total_gib:8.2f} GiB  -> {verdict} in {gpu_mem_gib:g} GiB")
+    if plan.layout.offload:
+        rows.append(f"  {'host memory':<12} {plan.host / GIB:8.2f} GiB per GPU (offloaded optimizer state)")
+    return "\n".join(rows)
+
+
+def plan_fields(plan: MemoryPlan) -> dict:
+    """Plan as a JSON-friendly dict (GiB values plus the layout)."""
+    import dataclasses
+
+    from ..memory_plan import GIB
+
+    out = {k: v / GIB for k, v in dataclasses.asdict(plan).items() if isinstance(v, float)}
+    out.update(total=plan.total_gib, layout=dataclasses.asdict(plan.layout),
+               local_dense_params=plan.local_dense_params, local_expert_params=plan.local_expert_params)
+    return out

@@ -5,13 +5,14 @@ import torch
 from torch import nn
 
 from ..formats import detect_format, open_dense  # noqa: F401  (re-exported: the construction entry points)
-from ..model.sharding import local_slice, splits_of
+from ..model.sharding import sharding_table
 
 
 @torch.no_grad()
 def load_dense_into_model(model: nn.Module, reader) -> None:
     """Copy every parameter's local slice from the reader, one global tensor at a time."""
+    table = sharding_table(model)
     for name, p in model.named_parameters():
         full = reader.get(name)
-        p.copy_(local_slice(full, splits_of(p)).to(p.dtype))
+        p.copy_(table[name].local_slice(full).to(p.dtype))
         del full

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..parallel import ParallelState, gather_seq
-from .sharding import mark
+from .sharding import declare
 from .tp import column, column_linear, row, row_linear
 
 
@@ -37,7 +37,7 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
-        mark(self.weight, sequence_parallel=sequence_parallel)
+        declare(self, "weight", sequence_parallel=sequence_parallel)
 
     def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
         if x_BSD.is_cuda and x_BSD.dtype == self.weight.dtype:

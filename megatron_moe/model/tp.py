@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..parallel import ParallelState, copy_to_group, reduce_scatter_seq
-from .sharding import Split, mark
+from .sharding import Split, declare
 
 
 def _mp_config(ps: ParallelState):
@@ -39,9 +39,9 @@ def column_linear(in_features: int, out_features: int, ps: ParallelState, bias: 
         layer = ColumnParallelLinear(in_features, out_features, config=_mp_config(ps), init_method=nn.init.zeros_,
                                      bias=bias, gather_output=False, skip_bias_add=False, tp_group=ps.tp_group,
                                      disable_grad_reduce=ps.sp)
-    mark(layer.weight, Split(0, ps.tp_size, ps.tp_rank))
+    declare(layer, "weight", Split("tp", 0, ps.tp_size, ps.tp_rank))
     if bias:
-        mark(layer.bias, Split(0, ps.tp_size, ps.tp_rank))
+        declare(layer, "bias", Split("tp", 0, ps.tp_size, ps.tp_rank))
     return layer
 
 
@@ -54,9 +54,9 @@ def row_linear(in_features: int, out_features: int, ps: ParallelState, bias: boo
 
         layer = RowParallelLinear(in_features, out_features, config=_mp_config(ps), init_method=nn.init.zeros_,
                                   bias=bias, input_is_parallel=True, skip_bias_add=True, tp_group=ps.tp_group)
-    mark(layer.weight, Split(1, ps.tp_size, ps.tp_rank))
+    declare(layer, "weight", Split("tp", 1, ps.tp_size, ps.tp_rank))
     if bias:
-        mark(layer.bias, sequence_parallel=ps.sp)  # under SP each TP rank adds it to different tokens
+        declare(layer, "bias", sequence_parallel=ps.sp)  # under SP each TP rank adds it to different tokens
     return layer
 
 
@@ -68,7 +68,7 @@ def vocab_embedding(vocab: int, dim: int, ps: ParallelState) -> nn.Module:
 
         layer = VocabParallelEmbedding(vocab, dim, init_method=nn.init.zeros_, config=_mp_config(ps),
                                        tp_group=ps.tp_group)
-    mark(layer.weight, Split(0, ps.tp_size, ps.tp_rank))
+    declare(layer, "weight", Split("tp", 0, ps.tp_size, ps.tp_rank))
     return layer
 
 

@@ -14,8 +14,9 @@ the ranks agree that everything was written, rank 0 renames the directory to `st
 the previous complete checkpoint.
 
 Optimizer state is stored per parameter name (`<name>.exp_avg`, `<name>.exp_avg_sq` with the parameter's global
-shape, `<name>.step`), written as DTensors by the ranks that own the state (all replicas without ZeRO-1, the
-owning data-parallel rank with it), so a checkpoint saved at one TP/EP/DP/ZeRO layout loads into another.
+shape, `<name>.step`), written as DTensors by the ranks that own the state (all replicas with sharding none, the
+owning data-parallel rank with zero1, every rank its FSDP2 shard with zero2 / fsdp), so a checkpoint saved at one
+TP/EP/DP/sharding layout loads into another.
 """
 from __future__ import annotations
 
@@ -29,12 +30,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..checkpoint import as_global, config_dict, load_into, resolve, save_model
+from ..checkpoint import as_global, config_dict, load_into, local_of, resolve, save_model
 from ..checkpoint.format import CARRIED_FILES, CONFIG, LATEST
 from ..checkpoint.store import dcp_load, dcp_save, part_metadata
 from ..config import Config
 from ..errors import CheckpointError
-from ..model.sharding import global_shape, splits_of
+from ..model.sharding import sharding_table
 from ..atomic import write_text_atomic
 from ..parallel import ParallelState, all_gather_object, barrier, is_distributed, world_group
 from .optimizer import TrainOptimizer
@@ -68,39 +69,44 @@ def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
 
 
 # --------------------------------------------------------------------------------------- optimizer
-def save_optimizer(opt: TrainOptimizer, path: Path) -> None:
-    params = opt.owned_params()
+def save_optimizer(opt: TrainOptimizer, model: nn.Module, path: Path) -> None:
+    table = sharding_table(model)
     sd = {}
     for name, st in opt.owned_states().items():
-        splits = splits_of(params[name])
-        sd[f"{name}.exp_avg"] = as_global(st["exp_avg"].detach().contiguous(), splits)
-        sd[f"{name}.exp_avg_sq"] = as_global(st["exp_avg_sq"].detach().contiguous(), splits)
+        sd[f"{name}.exp_avg"] = as_global(st["exp_avg"].detach(), table[name])
+        sd[f"{name}.exp_avg_sq"] = as_global(st["exp_avg_sq"].detach(), table[name])
         sd[f"{name}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).detach().reshape(1).cpu()
     dcp_save(sd, path, no_dist=not is_distributed())
 
 
 @torch.no_grad()
-def load_optimizer(opt: TrainOptimizer, path: Path) -> int:
+def load_optimizer(opt: TrainOptimizer, model: nn.Module, path: Path) -> int:
     """Fill this rank's optimizer state from `path` (any saved layout); returns the number of parameters."""
+    table = sharding_table(model)
     md = part_metadata(path)
     targets = {}
     for name, p in opt.owned_params().items():
         key = f"{name}.exp_avg"
         if key not in md:
             continue
-        if md[key][0] != tuple(global_shape(p)):
+        want = table[name].global_shape(p.shape)
+        if md[key][0] != tuple(want):
             raise CheckpointError(f"{path}: optimizer state of {name} has shape {md[key][0]}, the model expects "
-                                  f"{tuple(global_shape(p))}")
-        for suffix in ("exp_avg", "exp_avg_sq"):
-            targets[f"{name}.{suffix}"] = as_global(torch.empty_like(p, dtype=torch.float32), splits_of(p))
+                                  f"{tuple(want)}")
+        for suffix in ("exp_avg", "exp_avg_sq"):  # like the parameter: a DTensor shard under FSDP2
+            targets[f"{name}.{suffix}"] = as_global(torch.empty_like(p.detach(), dtype=torch.float32), table[name])
         targets[f"{name}.step"] = torch.empty(1, dtype=torch.float32)
     dcp_load(targets, path, no_dist=not is_distributed())
 
     def fetch(name: str, p: torch.Tensor) -> Optional[dict]:
         if f"{name}.exp_avg" not in targets:
             return None
-        local = {s: targets[f"{name}.{s}"] for s in ("exp_avg", "exp_avg_sq")}
-        local = {s: (t.to_local() if hasattr(t, "to_local") else t).to(p.dtype).clone() for s, t in local.items()}
+        local = {s: local_of(targets[f"{name}.{s}"]).to(p.dtype).clone() for s in ("exp_avg", "exp_avg_sq")}
+        if hasattr(p, "to_local"):  # FSDP2: the state is a DTensor placed like its parameter
+            from torch.distributed.tensor import DTensor
+
+            local = {s: DTensor.from_local(t, p.device_mesh, p.placements, run_check=False, shape=p.shape,
+                                           stride=p.stride()) for s, t in local.items()}
         step = targets[f"{name}.step"].reshape(())
         return {"step": step.to(p.device) if p.is_cuda else step.clone(), **local}
 
@@ -131,14 +137,15 @@ def save_checkpoint(run_dir: str | Path, cfg: Config, model: nn.Module, opt: Opt
             with writing(final):
                 save_model(model, tmp)
                 if opt is not None:
-                    save_optimizer(opt, tmp / OPTIMIZER_DIR)
+                    save_optimizer(opt, model, tmp / OPTIMIZER_DIR)
         except OutputError as err:
             failure = str(err)
         rng = all_gather_object(get_rng_state(), world_group())
         if ps.is_main and not failure:
             state = dict(trainer_state, rng=rng, world_size=ps.world_size,
                          layout={"tp": ps.tp_size, "dp": ps.dp_size, "ep": ps.ep_size, "etp": ps.etp_size,
-                                 "edp": ps.edp_size, "sp": ps.sp, "zero1": cfg.train.zero1})
+                                 "edp": ps.edp_size, "sp": ps.sp, "sharding": cfg.train.sharding,
+                                 "offload_optimizer": cfg.train.offload_optimizer})
             try:
                 with writing(final):
                     _write_json(tmp / TRAINER_STATE, state)
@@ -210,7 +217,7 @@ def load_checkpoint(ckpt: str | Path, model: nn.Module, opt: Optional[TrainOptim
     state = read_trainer_state(ckpt)
     load_into(model, ckpt)
     if opt is not None and (ckpt / OPTIMIZER_DIR).is_dir():
-        n = load_optimizer(opt, ckpt / OPTIMIZER_DIR)
+        n = load_optimizer(opt, model, ckpt / OPTIMIZER_DIR)
         log.info("optimizer state restored for %d parameters", n)
     elif opt is not None:
         log.warning("%s has no optimizer state; AdamW moments start from zero", ckpt)

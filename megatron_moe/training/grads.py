@@ -1,19 +1,24 @@
-"""Gradient synchronisation, global gradient norm and clipping, driven by the parameters' sharding metadata.
+"""Gradient synchronisation, global gradient norm and clipping, driven by the model's sharding table
+(model/sharding.py).
 
 Sync (after the last micro-batch's backward):
-  1. sequence-parallel parameters (`param.sequence_parallel`: norms, routers under SP) hold partial gradients per
-     TP rank: all-reduce (sum) over the TP group;
-  2. dense parameters: all-reduce (sum) over the data-parallel group; expert parameters (`param.is_expert`):
-     all-reduce (sum) over the expert-data-parallel group (the ranks holding the same expert shard), whenever it
-     has more than one rank, also at dp = 1: under TP every TP rank sends different tokens to the experts;
+  1. sequence-parallel tensors (`sequence_parallel`: norms, routers under SP) hold partial gradients per TP rank:
+     all-reduce (sum) over the TP group;
+  2. dense parameters: all-reduce (sum) over the data-parallel group; expert parameters (`is_expert`): all-reduce
+     (sum) over the expert-data-parallel group (the ranks holding the same expert shard), whenever it has more
+     than one rank, also at dp = 1: under TP every TP rank sends different tokens to the experts;
   3. both are scaled by 1/dp: every rank's loss is the mean over its own tokens, so the sum over dp ranks'
      gradients divided by dp is the gradient of the global mean loss (expert shards already received the
      gradients of all ep ranks' tokens through the all-to-all, so their EDP sum covers all dp ranks too).
 Gradients are bucketed by dtype into flat buffers, one all-reduce per bucket.
+Under FSDP2 (`sharded=True`, train.sharding zero2/fsdp) steps 2-3 happen in backward (reduce-scatter over dp with
+mean, over edp with sum / dp: parallel/fsdp.py) and each rank holds its shard of the result; step 1 then sums
+those shards over TP (the same shard of the same tensor on every TP rank; the sum commutes with the mean).
 
-Global norm: every distinct gradient element counted once. A rank counts a dense parameter if it is
-dp_rank 0 and the parameter is TP-split or this is tp_rank 0; an expert parameter if it is edp_rank 0.
-The partial squared sums are all-reduced over the whole world, so every rank gets the same norm.
+Global norm: every distinct gradient element counted once, partial squared sums all-reduced over the whole world
+so every rank gets the same norm. Replicated gradients: a rank counts a dense parameter if it is dp_rank 0 and
+the parameter is TP-split or this is tp_rank 0; an expert parameter if it is edp_rank 0. Sharded (FSDP2): every
+rank counts its own shards, dense ones unless replicated over TP and tp_rank > 0.
 """
 from __future__ import annotations
 
@@ -23,13 +28,19 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from ..memory_plan import GRAD_BUCKET_ELEMS as BUCKET_ELEMS  # the planner counts one bucket
+from ..model.sharding import ParamSharding, sharding_table
 from ..parallel import ParallelState, all_reduce_, world_group
 
-BUCKET_ELEMS = 2 ** 25
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
-def _params_with_grad(model: nn.Module) -> list[torch.Tensor]:
-    return [p for p in model.parameters() if p.requires_grad and p.grad is not None]
+def _with_grad(model: nn.Module) -> list[tuple[ParamSharding, torch.Tensor]]:
+    """(sharding, local gradient) of every parameter that has a gradient."""
+    table = sharding_table(model)
+    return [(table[n], _local(p.grad)) for n, p in model.named_parameters() if p.requires_grad and p.grad is not None]
 
 
 def _all_reduce_flat(grads: list[torch.Tensor], group, scale: float) -> None:
@@ -51,18 +62,21 @@ def _all_reduce_flat(grads: list[torch.Tensor], group, scale: float) -> None:
         for g in bucket:
             g.copy_(flat[off:off + g.numel()].view_as(g))
             off += g.numel()
+        del flat  # before the next bucket's cat: one flat buffer at a time (memory_plan counts one)
 
 
 @torch.no_grad()
-def sync_grads(model: nn.Module, ps: ParallelState) -> None:
-    """All-reduce gradients as described in the module docstring (no-op in a world of one)."""
-    params = _params_with_grad(model)
+def sync_grads(model: nn.Module, ps: ParallelState, sharded: bool = False) -> None:
+    """Synchronise gradients as described in the module docstring (no-op in a world of one)."""
+    grads = _with_grad(model)
     if ps.sp and ps.tp_size > 1:
-        sp = [p.grad for p in params if getattr(p, "sequence_parallel", False)]
+        sp = [g for spec, g in grads if spec.sequence_parallel and g.numel()]
         if sp:
             _all_reduce_flat(sp, ps.tp_group, 1.0)
-    dense = [p.grad for p in params if not getattr(p, "is_expert", False)]
-    expert = [p.grad for p in params if getattr(p, "is_expert", False)]
+    if sharded:
+        return
+    dense = [g for spec, g in grads if not spec.is_expert]
+    expert = [g for spec, g in grads if spec.is_expert]
     if ps.dp_size > 1 and dense:
         _all_reduce_flat(dense, ps.dp_group, 1.0 / ps.dp_size)
     if expert and ps.edp_size > 1:  # also with dp = 1: TP ranks route different tokens to their expert replicas
@@ -71,26 +85,27 @@ def sync_grads(model: nn.Module, ps: ParallelState) -> None:
         torch._foreach_mul_(expert, 1.0 / ps.dp_size)
 
 
-def _counted(p: torch.Tensor, ps: ParallelState) -> bool:
-    if getattr(p, "is_expert", False):
+def _counted(spec: ParamSharding, ps: ParallelState, sharded: bool) -> bool:
+    if sharded:
+        return spec.is_expert or spec.tp_split or ps.tp_rank == 0
+    if spec.is_expert:
         return ps.edp_rank == 0
     if ps.dp_rank != 0:
         return False
-    return ps.tp_rank == 0 or any(s.size > 1 for s in getattr(p, "splits", ()))
+    return ps.tp_rank == 0 or spec.tp_split
 
 
 @torch.no_grad()
-def global_grad_norm(model: nn.Module, ps: ParallelState) -> float:
+def global_grad_norm(model: nn.Module, ps: ParallelState, sharded: bool = False) -> float:
     """L2 norm of the full (unsharded, deduplicated) gradient; inf/nan propagate."""
-    params = _params_with_grad(model)
-    mine = [p.grad for p in params if _counted(p, ps)]
-    device = params[0].device if params else torch.device("cpu")
+    mine = [g for spec, g in _with_grad(model) if _counted(spec, ps, sharded) and g.numel()]
+    device = mine[0].device if mine else ps.device
     total = torch.zeros((), dtype=torch.float64, device=device)
     if mine:
         norms = torch._foreach_norm([g.float() for g in mine])
         total = total + torch.stack(norms).double().pow(2).sum()
     if ps.world_size > 1:
-        all_reduce_(total, world_group())
+        total = all_reduce_(total.to(ps.device), world_group())
     return float(total.sqrt())
 
 
@@ -100,7 +115,7 @@ def clip_grads(model: nn.Module, max_norm: float, norm: float) -> float:
     if max_norm <= 0 or not math.isfinite(norm) or norm <= max_norm:
         return 1.0
     scale = max_norm / (norm + 1e-6)
-    grads = [p.grad for p in _params_with_grad(model)]
+    grads = [g for _, g in _with_grad(model)]
     if grads:
         torch._foreach_mul_(grads, scale)
     return scale

@@ -1,17 +1,21 @@
-"""AdamW over the model's parameters, optionally ZeRO-1 (optimizer state sharded over data-parallel ranks).
+"""AdamW over the model's parameters, in the four sharding modes of `train.sharding`.
 
-    opt = TrainOptimizer(model, cfg.train, ps)
+    opt = TrainOptimizer(model, cfg.train, ps, sharded=is_fsdp)
     opt.set_lr(lr); opt.step(); opt.zero_grad()
     opt.owned_states()            # {param name: AdamW state} for the parameters whose state this rank holds
     opt.load_owned_states(fn)     # fn(name, param) -> state or None
 
 Parameter groups: weight decay on matrices (dim >= 2) except norms; no decay on norms and 1-D parameters
-(biases, router expert bias). Dense parameters and expert parameters (`param.is_expert`) get separate
-optimizers: with ZeRO-1 (`train.zero1`) each is torch's `ZeroRedundancyOptimizer`, dense over the
-data-parallel group, experts over the expert-data-parallel group (their replicas), so every rank keeps the
-AdamW moments of about 1/dp of the dense and 1/edp of its expert parameters. The partition is greedy by size
-and depends only on local shapes, so all TP/EP ranks of a replica own the same parameter names.
-Fused AdamW is used for CUDA parameters.
+(biases, router expert bias). Dense parameters and expert parameters (`is_expert` in the sharding table) get
+separate optimizers:
+  none    torch AdamW; every rank holds the state of its whole (model-parallel) shard;
+  zero1   torch's `ZeroRedundancyOptimizer`, dense over the data-parallel group, experts over the
+          expert-data-parallel group (their replicas), so every rank keeps the AdamW moments of about 1/dp of the
+          dense and 1/edp of its expert parameters. The partition is greedy by size and depends only on local
+          shapes, so all TP/EP ranks of a replica own the same parameter names;
+  zero2 / fsdp   the parameters are FSDP2 DTensors (parallel/fsdp.py): AdamW steps each rank's shards, so the
+          state is sharded like them (`sharded=True`); with offload they, and the step, live on the CPU.
+Fused AdamW is used for CUDA parameters, foreach otherwise.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
+from ..model.sharding import sharding_table
 from ..parallel import ParallelState
 
 log = logging.getLogger(__name__)
@@ -46,12 +51,13 @@ def param_groups(named: list[tuple[str, torch.Tensor]], weight_decay: float) -> 
 class TrainOptimizer:
     """One or two AdamW (or ZeroRedundancyOptimizer) instances: dense parameters and expert parameters."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, ps: ParallelState):
-        self.cfg, self.ps = cfg, ps
+    def __init__(self, model: nn.Module, cfg: TrainConfig, ps: ParallelState, sharded: bool = False):
+        self.cfg, self.ps, self.sharded = cfg, ps, sharded
+        table = sharding_table(model)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.name_of = {p: n for n, p in named}
-        dense = [(n, p) for n, p in named if not getattr(p, "is_expert", False)]
-        expert = [(n, p) for n, p in named if getattr(p, "is_expert", False)]
+        dense = [(n, p) for n, p in named if not table[n].is_expert]
+        expert = [(n, p) for n, p in named if table[n].is_expert]
         self.parts: list[tuple[torch.optim.Optimizer, bool]] = []  # (optimizer, is_zero)
         for subset, group, size in ((dense, ps.dp_group, ps.dp_size), (expert, ps.edp_group, ps.edp_size)):
             if subset:
@@ -62,8 +68,10 @@ class TrainOptimizer:
         kwargs = dict(lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
         if named[0][1].is_cuda:
             kwargs["fused"] = True
+        elif self.sharded:
+            kwargs["foreach"] = True  # DTensor parameters: one dispatch per op over the list, not per tensor
         groups = param_groups(named, cfg.weight_decay)
-        if cfg.zero1 and size > 1:
+        if cfg.sharding == "zero1" and size > 1:
             from torch.distributed.optim import ZeroRedundancyOptimizer
 
             return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, process_group=group,

@@ -127,8 +127,9 @@ def check_memory(cfg: Config, world_size: int) -> None:
         have, where = torch.cuda.get_device_properties(0).total_memory, "GPU"
     else:
         have, where = host.total / max(1, local), f"host RAM per rank ({local} ranks on this host)"
-    if plan.total > MEMORY_MARGIN * have:
-        raise ConfigError(f"this config needs about {plan.total_gib:.1f} GiB per rank (weights "
+    need = plan.total + (0.0 if on_gpu else plan.host)  # on CPU, offloaded optimizer state is the same memory
+    if need > MEMORY_MARGIN * have:
+        raise ConfigError(f"this config needs about {need / GIB:.1f} GiB per rank (weights "
                           f"{plan.weights / GIB:.1f}, gradients {plan.grads / GIB:.1f}, optimizer "
                           f"{plan.optimizer / GIB:.1f}, activations {plan.activations / GIB:.1f}), far more than "
                           f"the {have / GIB:.1f} GiB of {where}; see `megatron-moe plan`")

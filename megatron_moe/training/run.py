@@ -7,7 +7,8 @@ Start-up order, so that bad input fails before anything is created:
      job holds it), on every rank, before any process group exists;
   2. process groups; then global rank 0 takes the run directory's lock (training/run_lock.py; every rank learns
      the outcome, so a lost race is the same one line everywhere) and removes what a dead job left half-written;
-  3. the model (initialised from train.seed), the data;
+  3. the model (initialised from train.seed; with train.sharding zero2 / fsdp then wrapped by FSDP2, which moves
+     only each rank's shards to the device: parallel/fsdp.py), the data;
   4. RUN_DIR/checkpoints/latest exists -> resume everything from it (model, optimizer, schedule, data sampler and
      domain weights, RNG); else `checkpoint.load` -> load model weights only (its config.json supplied model +
      moe in step 1); else the initialised model;
@@ -63,6 +64,21 @@ def run_dir_lock(cfg: Config, ps: ParallelState):
             lock.release()
 
 
+def prepare_model(cfg: Config, ps: ParallelState, model) -> None:
+    """Apply train.sharding to the initialised model: FSDP2 for zero2 / fsdp (shards go to ps.device, or stay in
+    host memory with train.offload_optimizer), else move it to ps.device (zero1 shards only the optimizer)."""
+    from ..parallel.fsdp import shard_model, uses_fsdp
+    from .trainer import uses_bf16
+
+    mode = cfg.train.sharding
+    if uses_fsdp(ps, mode):
+        shard_model(model, ps, mode, bf16=uses_bf16(cfg, ps.device), offload=cfg.train.offload_optimizer)
+        return
+    if mode != "none" and ps.world_size == 1:
+        log.info("train.sharding=%s in a single process without torch.distributed: nothing to shard over", mode)
+    model.to(ps.device)
+
+
 def build_trainer(cfg: Config, ps: ParallelState):
     """The model (initialised, then resumed or loaded) on ps.device, the data and the Trainer; cfg is preflighted."""
     from ..checkpoint import load_into
@@ -73,7 +89,7 @@ def build_trainer(cfg: Config, ps: ParallelState):
     seed_all(cfg.train.seed)
     model = build_model(cfg, ps)
     init_weights(model, cfg.train.seed, cfg.model.init_std)
-    model.to(ps.device)
+    prepare_model(cfg, ps, model)
     seed_all(cfg.train.seed, offset=1)  # training RNG: identical on every rank
     data = MultiDomainData(cfg.data, cfg.train.global_batch_size, ps.dp_rank, ps.dp_size,
                            vocab_size=cfg.model.vocab_size)

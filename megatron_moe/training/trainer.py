@@ -10,8 +10,9 @@ One optimizer step (`train_step`) is five named steps:
   2. accumulate  this rank's share of the global batch (data.next_step()) in micro-batches of micro_batch_size;
                  each micro-batch loss is divided by the number of micro-batches (the MoE aux/z losses are told
                  the same scale), and the MoE layers get the noise context of its global sample positions;
-  3. reduce      gradients synchronised (training/grads.py) and the global norm taken; loss and per-domain
-                 losses averaged over data-parallel ranks;
+  3. reduce      gradients synchronised (training/grads.py; under FSDP2 the data-parallel part already happened
+                 in backward, micro-batch by micro-batch) and the global norm taken; loss and per-domain losses
+                 averaged over data-parallel ranks;
   4. update      a non-finite loss or norm skips the step (logged, counted; `max_bad_steps` consecutive ones
                  abort with TrainingError); otherwise clip, set the scheduled learning rate, AdamW, and the
                  once-per-step MoE updates (sigmoid expert bias);
@@ -32,6 +33,7 @@ from torch import nn
 from ..config import Config
 from ..errors import CheckpointError, UserError
 from ..parallel import ParallelState, all_reduce_
+from ..parallel.fsdp import is_fsdp
 from . import checkpointing as ckpt
 from .grads import clip_grads, global_grad_norm, sync_grads, zero_missing_grads
 from .metrics import MetricsWriter, memory_stats, peak_tflops, train_flops_per_token
@@ -48,10 +50,16 @@ class TrainingError(UserError):
     """Training cannot continue (e.g. too many consecutive non-finite steps)."""
 
 
-def autocast_for(cfg: Config, device: torch.device):
-    """Context factory: bf16 autocast (fp32 master weights) on CUDA or when asked, else fp32."""
+def uses_bf16(cfg: Config, device: torch.device) -> bool:
+    """train.precision: bf16, or auto on CUDA."""
     prec = cfg.train.precision
-    if prec == "bf16" or (prec == "auto" and device.type == "cuda"):
+    return prec == "bf16" or (prec == "auto" and device.type == "cuda")
+
+
+def autocast_for(cfg: Config, device: torch.device, sharded: bool = False):
+    """Context factory: bf16 autocast over the fp32 parameters (sharding none / zero1) when bf16 is on, else fp32.
+    Under FSDP2 (`sharded`) the compute weights themselves are bf16 (parallel/fsdp.py), so no autocast."""
+    if uses_bf16(cfg, device) and not sharded:
         return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
@@ -61,10 +69,12 @@ class Trainer:
                  metrics: Optional[MetricsWriter] = None):
         self.cfg, self.ps, self.model, self.data = cfg, ps, model, data
         self.run_dir = Path(run_dir or cfg.logging.run_dir)
-        self.device = next(model.parameters()).device
-        self.optimizer = TrainOptimizer(model, cfg.train, ps)
+        self.sharded = is_fsdp(model)  # train.sharding zero2 / fsdp: parameters are FSDP2 DTensors
+        # the compute device (with FSDP2 offload the parameters themselves stay in host memory)
+        self.device = ps.device if self.sharded else next(model.parameters()).device
+        self.optimizer = TrainOptimizer(model, cfg.train, ps, sharded=self.sharded)
         self.metrics = metrics or MetricsWriter(self.run_dir, cfg, enabled=ps.is_main)
-        self.autocast = autocast_for(cfg, self.device)
+        self.autocast = autocast_for(cfg, self.device, self.sharded)
         self.moe = moe_layers(model)
         self.moe_stats = MoEStats(self.moe)
         self.step = 0
@@ -174,8 +184,8 @@ class Trainer:
         """Step 3: synchronised gradients, their global norm, and the DP-mean loss and per-domain sums."""
         ps = self.ps
         zero_missing_grads(self.model.parameters())
-        sync_grads(self.model, ps)
-        grad_norm = global_grad_norm(self.model, ps)
+        sync_grads(self.model, ps, self.sharded)
+        grad_norm = global_grad_norm(self.model, ps, self.sharded)
         stats = torch.cat([loss_sum.reshape(1) / n_micro, dom_sums.flatten()])
         if ps.dp_size > 1:
             stats = all_reduce_(stats.to(self.device), ps.dp_group).cpu()
@@ -226,7 +236,7 @@ class Trainer:
         """Per-domain validation loss/perplexity; updates dynamic domain weights; logs an eval record."""
         cfg = self.cfg
         batch = cfg.train.micro_batch_size * self.ps.dp_size
-        losses = validate(self.model, self.data, self.ps, batch, cfg.train.eval_iters, self.autocast)
+        losses = validate(self.model, self.data, self.ps, batch, cfg.train.eval_iters, self.autocast, self.device)
         self.last_valid = losses
         weights = self.data.update_weights(losses)
         rec = {"step": self.step, "valid_loss": losses, "valid_ppl": perplexities(losses),

@@ -17,11 +17,12 @@ from ..parallel import ParallelState, all_reduce_
 
 @torch.no_grad()
 def validate(model: nn.Module, data, ps: ParallelState, batch_size: int, num_batches: int,
-             autocast=contextlib.nullcontext) -> dict[str, float]:
-    """{domain: mean validation loss}; `batch_size` is global (divisible by dp), `data` a MultiDomainData."""
+             autocast=contextlib.nullcontext, device=None) -> dict[str, float]:
+    """{domain: mean validation loss}; `batch_size` is global (divisible by dp), `data` a MultiDomainData;
+    `device` where the batches go (default: the first parameter's)."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = device or next(model.parameters()).device
     names = list(data.domain_names)
     sums = torch.zeros(2, len(names), dtype=torch.float64, device=device)
     try:

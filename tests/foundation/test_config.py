@@ -37,6 +37,10 @@ def test_presets():
     (["model.preset=tiny", "data.seq_len=512"], 1, "data.seq_len=512 exceeds model.max_seq_len=128"),
     (["model.preset=tiny", "data.seq_len=64", "train.global_batch_size=3"], 2, "global_batch_size=3 is not divisible"),
     (["model.preset=tiny", "data.seq_len=64", "parallel.sp=true"], 1, "parallel.sp=true needs tp > 1"),
+    (["model.preset=tiny", "data.seq_len=64", "train.sharding=zero3"], 1,
+     "train.sharding='zero3' is not one of none, zero1, zero2, fsdp"),
+    (["model.preset=tiny", "data.seq_len=64", "train.sharding=zero1", "train.offload_optimizer=true"], 2,
+     "train.offload_optimizer=true needs train.sharding zero2 or fsdp"),
 ])
 def test_validation_errors_name_the_numbers(overrides, world, message):
     with pytest.raises(ConfigError) as err:
@@ -50,6 +54,8 @@ def test_bad_keys_and_types(tmp_path):
         load_config(None, ["train.lrr=1"])
     with pytest.raises(ConfigError, match="train.lr='fast' should be of type float"):
         load_config(None, ["train.lr=fast"])
+    with pytest.raises(ConfigError, match="train.zero1 was replaced by train.sharding"):  # the renamed key
+        load_config(None, ["train.zero1=true"])
     with pytest.raises(ConfigError, match="unknown model preset 'llama9'"):
         load_config(None, ["model.preset=llama9"])
     with pytest.raises(ConfigError, match="does not exist"):

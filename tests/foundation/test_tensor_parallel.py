@@ -7,7 +7,7 @@ import torch
 from _dist import spawn
 from megatron_moe.config import Config, ModelConfig, ParallelConfig
 from megatron_moe.model import build_model, init_weights
-from megatron_moe.model.sharding import local_slice, splits_of
+from megatron_moe.model.sharding import local_slice, sharding_table
 
 BASE = dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2, vocab_size=256,
             max_seq_len=32)
@@ -37,14 +37,12 @@ def run(model):
 def init(model):
     """init_weights, then random biases (they are zero-initialised): one global tensor per name, this rank's slice."""
     init_weights(model, seed=7)
+    table = sharding_table(model)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n.endswith("bias"):
-                shape = list(p.shape)
-                for s in splits_of(p):
-                    shape[s.dim] *= s.size
-                full = torch.randn(shape, generator=torch.Generator().manual_seed(len(n)))
-                p.copy_(local_slice(full, splits_of(p)))
+                full = torch.randn(table[n].global_shape(p.shape), generator=torch.Generator().manual_seed(len(n)))
+                p.copy_(table[n].local_slice(full))
 
 
 def reference(name):
@@ -65,7 +63,7 @@ def tp_worker(rank, world, name, sp):
     logits, loss = run(model)
     sync_grads(model, ps)
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
-    splits = {n: [(s.dim, s.size, s.rank) for s in splits_of(p)] for n, p in model.named_parameters()}
+    splits = {n: [(s.axis, s.dim, s.size, s.rank) for s in spec.splits] for n, spec in sharding_table(model).items()}
     return {"logits": logits, "loss": loss, "grads": grads, "splits": splits}
 
 

@@ -32,5 +32,21 @@ def test_does_not_fit_suggests_and_json():
 def test_bad_input_exit_two():
     proc = _cli("--config", "missing.yaml", "--gpus", "8")
     assert proc.returncode == 2 and proc.stderr.startswith("error: config file missing.yaml")
-    proc = _cli("--config", CONFIG, "--gpus", "6")
-    assert proc.returncode == 2 and "not divisible by ep*etp=8*1" in proc.stderr
+    proc = _cli("--config", CONFIG, "--gpus", "0")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --gpus=0")
+
+
+def test_layout_that_does_not_divide_the_gpus_searches():
+    """ep=8 on 4 GPUs is no error: the search over layouts for 4 GPUs says what fits (exit 1: the configured
+    layout does not run)."""
+    proc = _cli("--config", CONFIG, "--gpus", "4", "--gpu-mem", "80")
+    assert proc.returncode == 1, proc.stderr
+    assert "not divisible by ep*etp=8*1" in proc.stdout and "searching layouts for 4 GPUs" in proc.stdout
+    assert "suggested:" in proc.stdout and "-> fits in 80 GiB" in proc.stdout
+    data = json.loads(_cli("--config", CONFIG, "--gpus", "4", "--gpu-mem", "80", "--json").stdout)
+    lay = data["suggested"]["layout"]
+    assert data["configured"] is None and "not divisible" in data["configured_invalid"]
+    assert 4 % (lay["ep"] * lay["etp"]) == 0 and data["suggested"]["total"] <= 0.9 * 80
+    # 40 GB cards: only sharding what the 3.5B model replicates makes it fit on 4 of them
+    data = json.loads(_cli("--config", CONFIG, "--gpus", "4", "--gpu-mem", "40", "--json").stdout)
+    assert data["suggested"]["layout"]["sharding"] in ("zero2", "fsdp"), data["suggested"]

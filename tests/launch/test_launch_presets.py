@@ -34,7 +34,7 @@ def test_preset_matches_paper(name):
     assert moe.router == "noisy_topk" and moe.capacity_factor is None and moe.aux_loss_coeff == 0.01
     assert (tr.lr, tr.warmup_steps, tr.lr_schedule, tr.min_lr_ratio) == (2e-4, 100, "cosine", 0.1)
     assert (tr.adam_beta1, tr.adam_beta2, tr.weight_decay, tr.clip_grad) == (0.9, 0.95, 0.1, 1.0)
-    assert (tr.precision, tr.zero1, tr.seed, cfg.data.seq_len, tr.global_batch_size) == ("bf16", True, 1227, 4096, 3584)
+    assert (tr.precision, tr.sharding, tr.seed, cfg.data.seq_len, tr.global_batch_size) == ("bf16", "zero1", 1227, 4096, 3584)
     assert [d.name for d in cfg.data.domains] == DOMAINS
     assert cfg.data.weights_preset == "sheared_llama" and cfg.data.sampling == "static"
     assert all(len(d.prefixes) == 1 and d.prefixes[0].startswith(f"data/slimpajama/{d.name}/") for d in cfg.data.domains)

@@ -6,7 +6,7 @@ import zlib
 import torch
 
 from megatron_moe.config import ModelConfig, MoEConfig, ParallelConfig
-from megatron_moe.model.sharding import global_shape, local_slice, splits_of
+from megatron_moe.model.sharding import sharding_table
 
 MODEL = ModelConfig(hidden_size=16, intermediate_size=64, num_layers=1, num_heads=2, vocab_size=32)
 B_GLOBAL, S, D = 2, 8, 16
@@ -39,10 +39,11 @@ def _gen(seed: int, name: str) -> torch.Generator:
 @torch.no_grad()
 def fill(layer, seed: int = 5) -> None:
     """Every parameter cut from a canonical global tensor (random routers too, so routing is not all ties)."""
+    table = sharding_table(layer)
     for name, p in layer.named_parameters():
         std = 0.5 if "router" in name else 0.15
-        full = torch.randn(global_shape(p), generator=_gen(seed, name)) * std
-        p.copy_(local_slice(full, splits_of(p)))
+        full = torch.randn(table[name].global_shape(p.shape), generator=_gen(seed, name)) * std
+        p.copy_(table[name].local_slice(full))
     if hasattr(layer.router, "expert_bias"):
         layer.router.expert_bias.copy_(torch.randn(8, generator=_gen(seed, "bias")) * 0.1)
 
@@ -107,7 +108,8 @@ def layout_worker(rank: int, world: int, layouts: list, case_list: list):
             zero_missing_grads(layer.parameters())
             sync_grads(layer, ps)
             grads = {n: p.grad.detach().clone() for n, p in layer.named_parameters()}
-            splits = {n: [(s.dim, s.size, s.rank) for s in splits_of(p)] for n, p in layer.named_parameters()}
+            splits = {n: [(s.axis, s.dim, s.size, s.rank) for s in spec.splits]
+                      for n, spec in sharding_table(layer).items()}
             results.append({"layout": par, "case": name, "y": y, "dx": dx / ps.dp_size, "grads": grads,
                             "splits": splits, "tokens": layer.last_stats["tokens_per_expert"],
                             "aux": layer.last_stats["aux_loss"], "z": layer.last_stats["z_loss"],

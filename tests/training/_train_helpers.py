@@ -53,7 +53,12 @@ def randomize_routers(trainer, seed: int = 3) -> None:
     with torch.no_grad():
         for name, p in trainer.model.named_parameters():
             if ".router." in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+                full = torch.randn(p.shape, generator=g) * 0.5
+                if hasattr(p, "device_mesh"):  # an FSDP2 DTensor: every rank has `full`, each keeps its shard
+                    from torch.distributed.tensor import distribute_tensor
+
+                    full = distribute_tensor(full, p.device_mesh, p.placements)
+                p.copy_(full)
 
 
 def prepared(cfg: Config, world: int = 1) -> Config:

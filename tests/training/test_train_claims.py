@@ -79,7 +79,7 @@ def _ep2_zero1_sigmoid(rank, world, prefixes, root):
 
     out = {}
     cfg = tiny_config(prefixes, root / "ep2zero", moe=True, train_steps=3, micro_batch_size=2)
-    cfg.parallel.ep, cfg.train.zero1 = 2, True
+    cfg.parallel.ep, cfg.train.sharding = 2, "zero1"
     trainer, hist = _train(cfg, init_parallel(prepared(cfg, world).parallel), world)
     out["zero1"] = [r["loss"] for r in hist]
     out["zero1_dense_sharded"] = trainer.optimizer.parts[0][1]

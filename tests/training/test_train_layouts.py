@@ -19,7 +19,7 @@ def _layouts(rank, world, prefixes, root):
                        ("zero1", dict(zero1=True))):
         cfg = tiny_config(prefixes, root / name, train_steps=2 * STEPS, save_interval=STEPS)
         cfg.parallel.tp, cfg.parallel.sp = over.get("tp", 1), over.get("sp", False)
-        cfg.train.zero1 = over.get("zero1", False)
+        cfg.train.sharding = "zero1" if over.get("zero1") else "none"
         cfg = prepared(cfg, world)
         ps = init_parallel(cfg.parallel)
         trainer = build_trainer(cfg, ps)

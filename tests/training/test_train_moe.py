@@ -28,7 +28,7 @@ def _ep2(rank, world, prefixes, root):
     # ZeRO-1 over expert data parallelism: EP=1 on 2 ranks puts every expert on both (EDP=2), so the expert
     # AdamW state is sharded over the EDP group and the dense state over DP
     cfg = tiny_config(prefixes, root / "zero1", moe=True, train_steps=2 * STEPS, micro_batch_size=2)
-    cfg.train.zero1 = True
+    cfg.train.sharding = "zero1"
     cfg = prepared(cfg, world)
     ps = init_parallel(cfg.parallel)
     trainer = build_trainer(cfg, ps)

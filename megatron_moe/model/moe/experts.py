@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ...parallel import ParallelState
-from ..sharding import Split, mark
+from ..sharding import Split, declare
 from .sorted_mlp import sorted_swiglu
 
 
@@ -35,10 +35,10 @@ class Experts(nn.Module):
         self.w1 = nn.Parameter(torch.empty(e, F_l, hidden))
         self.w3 = nn.Parameter(torch.empty(e, F_l, hidden))
         self.w2 = nn.Parameter(torch.empty(e, hidden, F_l))
-        ep, etp = Split(0, ps.ep_size, ps.ep_rank), (ps.etp_size, ps.etp_rank)
-        mark(self.w1, ep, Split(1, *etp), is_expert=True)
-        mark(self.w3, ep, Split(1, *etp), is_expert=True)
-        mark(self.w2, ep, Split(2, *etp), is_expert=True)
+        ep, etp = Split("ep", 0, ps.ep_size, ps.ep_rank), (ps.etp_size, ps.etp_rank)
+        declare(self, "w1", ep, Split("etp", 1, *etp), is_expert=True)
+        declare(self, "w3", ep, Split("etp", 1, *etp), is_expert=True)
+        declare(self, "w2", ep, Split("etp", 2, *etp), is_expert=True)
 
     def sorted_rows(self, x_RD: torch.Tensor, w_R: Optional[torch.Tensor], counts_e: Sequence[int]) -> torch.Tensor:
         """Torch path: rows sorted by local expert, counts_e[i] rows for expert i, each row's output scaled by its

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config import MoEConfig
-from ..sharding import mark
+from ..sharding import declare
 from .aux import noisy_balance_loss, switch_balance_loss
 
 
@@ -62,9 +62,9 @@ class Router(nn.Module):
         if self.kind == "sigmoid":
             self.register_buffer("expert_bias", torch.zeros(E))
             self.register_buffer("load_since_update", torch.zeros(E, dtype=torch.float64), persistent=False)
-        for p in self.parameters():
+        for name, _ in self.named_parameters():
             # under SP every TP rank routes different tokens: gradients are partial per TP rank
-            mark(p, sequence_parallel=sequence_parallel)
+            declare(self, name, sequence_parallel=sequence_parallel)
 
     # ------------------------------------------------------------------------------------------- noise
     def noise_spec(self, hidden: int) -> Optional[tuple[int, str]]:
