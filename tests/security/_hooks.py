@@ -46,8 +46,8 @@ def install(hook: str, marker: str, seconds: float) -> None:
 
         orig_opt = checkpointing.save_optimizer
 
-        def save_optimizer(opt, path):
-            orig_opt(opt, path)
+        def save_optimizer(*args, **kwargs):
+            orig_opt(*args, **kwargs)
             _pause(marker, seconds)
 
         checkpointing.save_optimizer = save_optimizer
