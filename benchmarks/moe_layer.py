@@ -144,10 +144,10 @@ def gemm_step(device, dtype, n_mm: int):
     return step, lambda: None
 
 
-def _saved_bytes(module, x) -> int:
-    """Activation memory: bytes of the distinct storages the forward's graph keeps for backward, the module's
-    parameters excluded (they live anyway; a view of a weight saved per expert costs nothing)."""
-    own = {p.untyped_storage().data_ptr() for p in module.parameters()}
+def saved_bytes(fn, params) -> int:
+    """Activation memory of fn(): bytes of the distinct storages its graph keeps for backward, the storages of
+    `params` excluded (they live anyway; a view of a weight saved per expert costs nothing)."""
+    own = {p.untyped_storage().data_ptr() for p in params}
     kept = {}
 
     def pack(t):
@@ -157,9 +157,13 @@ def _saved_bytes(module, x) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = _output(module, x)
-    del y
+        fn()
     return sum(kept.values())
+
+
+def _saved_bytes(module, x) -> int:
+    """saved_bytes of one forward of `module` on x, its parameters excluded."""
+    return saved_bytes(lambda: _output(module, x), list(module.parameters()))
 
 
 def _memory(module, x) -> dict:

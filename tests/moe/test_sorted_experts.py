@@ -1,6 +1,9 @@
 """The torch path's expert computation (sorted_mlp.py, issue #26) against straightforward references written here:
 outputs and every gradient for several shapes, experts with zero rows included; the whole layer against a plain
 Mixtral-style layer; autocast; frozen weights; and the bytes saved for backward."""
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +13,9 @@ from megatron_moe.model.moe import MoELayer
 from megatron_moe.model.moe.experts import Experts
 from megatron_moe.model.moe.sorted_mlp import sorted_swiglu
 from megatron_moe.parallel import ParallelState
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/ is not installed
+from benchmarks.moe_layer import saved_bytes  # noqa: E402  (the benchmark's memory figure, one copy)
 
 
 def reference_rows(x_RD, w1, w3, w2, counts, x_grad=True, w_grad=True, leaves=None, r_R=None):
@@ -148,21 +154,6 @@ def test_autocast_bf16_weighted_rows_match_the_loop_weighted_after():
         torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=2**-6 * b.abs().max().item())
 
 
-def saved_bytes(fn, params) -> int:
-    """Bytes of the distinct storages the graph built by fn() keeps for backward, parameters excluded (they live
-    anyway): the activation memory."""
-    own = {p.untyped_storage().data_ptr() for p in params}
-    kept = {}
-
-    def pack(t):
-        st = t.untyped_storage()
-        if st.data_ptr() not in own:
-            kept[st.data_ptr()] = st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(kept.values())
 
 
 @pytest.mark.parametrize("x_grad,w_grad", [(True, True), (False, True), (True, False)])
