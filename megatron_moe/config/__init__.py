@@ -15,8 +15,8 @@ overrides, explicit keys). Import from `megatron_moe.config`.
 """
 from __future__ import annotations
 
-from ._base import ConfigError, _at_least
-from .building import _build, _coerce
+from ._base import ConfigError
+from .building import _build  # noqa: F401  (checkpoint/format.py builds sections with it)
 from .data import DataConfig, DomainConfig
 from .loading import config_from_dict, dump_config, explicit_keys, load_config, merge, parse_overrides
 from .model import ModelConfig

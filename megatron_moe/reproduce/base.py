@@ -81,14 +81,25 @@ def domain_tokens(prefixes: dict) -> dict:
     return out
 
 
-def build_base(out: Path, b: Budget, progress: bool = False) -> Base:
-    """Corpus, tokenizer, datasets and the pretrained dense model (each reused when already built)."""
+def train_one_process(cfg: Config) -> float:
+    """Check and run `cfg` to its end in this process (no process group); returns the training's seconds."""
     import time
 
-    from ..data.preprocess import preprocess_files
-    from ..data.spm_train import train_sentencepiece_from_files
     from ..parallel import ParallelState
     from ..training import build_trainer, preflight
+
+    preflight(cfg, 1)
+    t0 = time.perf_counter()
+    trainer = build_trainer(cfg, ParallelState())
+    trainer.train()
+    trainer.close()
+    return time.perf_counter() - t0
+
+
+def build_base(out: Path, b: Budget, progress: bool = False) -> Base:
+    """Corpus, tokenizer, datasets and the pretrained dense model (each reused when already built)."""
+    from ..data.preprocess import preprocess_files
+    from ..data.spm_train import train_sentencepiece_from_files
 
     out = Path(out)
     ckey = digest(b.corpus_bytes, b.seed)
@@ -114,12 +125,7 @@ def build_base(out: Path, b: Budget, progress: bool = False) -> Base:
     if not (run_dir / "checkpoints" / "latest").is_file():
         cfg = run_config(b, model, data_config(b, prefixes, weights), run_dir, b.pretrain_steps, b.pretrain_lr,
                          warmup=max(1, b.pretrain_steps // 20))
-        preflight(cfg, 1)
-        t0 = time.perf_counter()
-        trainer = build_trainer(cfg, ParallelState())
-        trainer.train()
-        trainer.close()
-        seconds = time.perf_counter() - t0
+        seconds = train_one_process(cfg)
     return Base(out, tokenizer, prefixes, run_dir, key, seconds)
 
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import torch
 
 from ..config import MoEConfig
 from ..data.local_corpus import LOCAL_DOMAINS
-from .base import Base, data_config, domain_tokens, run_config, valid_losses
+from .base import Base, data_config, domain_tokens, run_config, train_one_process, valid_losses
 from .budget import Budget
 from .cache import digest, stage
 from .methods import CALIBRATED, LOSSLESS, row
@@ -72,8 +71,6 @@ def train_row(name: str, base: Base, b: Budget, root: Path, start: Path, moe_ove
               refs: dict) -> tuple[Path, float]:
     """Continual pre-training of a row from checkpoint `start` (cached); (run dir, seconds)."""
     from ..checkpoint import read_config
-    from ..parallel import ParallelState
-    from ..training import build_trainer, preflight
 
     model, moe, _ = read_config(start)
     data = data_config(b, base.prefixes, domain_tokens(base.prefixes))
@@ -96,12 +93,7 @@ def train_row(name: str, base: Base, b: Budget, root: Path, start: Path, moe_ove
     if dynamic:
         cfg.train.eval_interval = max(1, b.cpt_steps // 4)
         cfg.train.eval_iters = 1
-    preflight(cfg, 1)
-    t0 = time.perf_counter()
-    trainer = build_trainer(cfg, ParallelState())
-    trainer.train()
-    trainer.close()
-    seconds = time.perf_counter() - t0
+    seconds = train_one_process(cfg)
     (run / "cpt.json").write_text(json.dumps({"seconds": seconds}))
     return run, seconds
 
