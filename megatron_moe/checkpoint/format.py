@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import Config, ConfigError, ModelConfig, MoEConfig, _build
+from ..config import Config, ConfigError, ModelConfig, MoEConfig
+from ..config.building import _build
 from ..errors import CheckpointError
 from ..structured import read_json
 

@@ -16,7 +16,6 @@ overrides, explicit keys). Import from `megatron_moe.config`.
 from __future__ import annotations
 
 from ._base import ConfigError
-from .building import _build  # noqa: F401  (checkpoint/format.py builds sections with it)
 from .data import DataConfig, DomainConfig
 from .loading import config_from_dict, dump_config, explicit_keys, load_config, merge, parse_overrides
 from .model import ModelConfig

@@ -20,69 +20,42 @@ def _pause(marker: str, seconds: float) -> None:
     time.sleep(seconds)
 
 
+# hook -> (module, attribute holding the function or class, method name or None, pause before the call?)
+HOOKS = {
+    "add_part": ("megatron_moe.checkpoint.store", "CheckpointWriter", "add_part", False),
+    "hf_add": ("megatron_moe.export", "HFWriter", "add", False),
+    "train_save": ("megatron_moe.training.checkpointing", "save_optimizer", None, False),
+    # in the forked ranks of `reshard` (they inherit the patch)
+    "reshard_rank": ("megatron_moe.checkpoint", "save_model", None, True),
+    # after each batch of documents preprocess writes (main process)
+    "preprocess_write": ("megatron_moe.data.indexed_writer", "IndexedWriter", "add_documents", False),
+    # before the command's module (and torch) is imported: the start-up of a command
+    "start_up": ("megatron_moe.cli", "_module", None, True),
+}
+
+
 def install(hook: str, marker: str, seconds: float) -> None:
-    if hook == "add_part":
-        from megatron_moe.checkpoint.store import CheckpointWriter
-
-        orig = CheckpointWriter.add_part
-
-        def add_part(self, part, tensors):
-            orig(self, part, tensors)
-            _pause(marker, seconds)
-
-        CheckpointWriter.add_part = add_part
-    elif hook == "hf_add":
-        from megatron_moe.export import HFWriter
-
-        orig_add = HFWriter.add
-
-        def add(self, name, tensor):
-            orig_add(self, name, tensor)
-            _pause(marker, seconds)
-
-        HFWriter.add = add
-    elif hook == "train_save":
-        from megatron_moe.training import checkpointing
-
-        orig_opt = checkpointing.save_optimizer
-
-        def save_optimizer(*args, **kwargs):
-            orig_opt(*args, **kwargs)
-            _pause(marker, seconds)
-
-        checkpointing.save_optimizer = save_optimizer
-    elif hook == "reshard_rank":  # in the forked ranks of `reshard` (they inherit the patch)
-        import megatron_moe.checkpoint as ck
-
-        orig_save = ck.save_model
-
-        def save_model(model, path, *a, **k):
-            _pause(marker, seconds)
-            return orig_save(model, path, *a, **k)
-
-        ck.save_model = save_model
-    elif hook == "preprocess_write":  # after each batch of documents preprocess writes (main process)
-        from megatron_moe.data.indexed_writer import IndexedWriter
-
-        orig_docs = IndexedWriter.add_documents
-
-        def add_documents(self, data, lengths):
-            orig_docs(self, data, lengths)
-            _pause(marker, seconds)
-
-        IndexedWriter.add_documents = add_documents
-    elif hook == "start_up":  # before the command's module (and torch) is imported: the start-up of a command
-        import megatron_moe.cli as cli
-
-        orig_module = cli._module
-
-        def _module(command):
-            _pause(marker, seconds)
-            return orig_module(command)
-
-        cli._module = _module
-    elif hook != "none":
+    if hook == "none":
+        return
+    if hook not in HOOKS:
         raise SystemExit(f"unknown hook {hook}")
+    import importlib
+
+    module_name, attr, method, before = HOOKS[hook]
+    owner = importlib.import_module(module_name)
+    if method is not None:
+        owner, attr = getattr(owner, attr), method
+    orig = getattr(owner, attr)
+
+    def paused(*args, **kwargs):
+        if before:
+            _pause(marker, seconds)
+        out = orig(*args, **kwargs)
+        if not before:
+            _pause(marker, seconds)
+        return out
+
+    setattr(owner, attr, paused)
 
 
 if __name__ == "__main__":
