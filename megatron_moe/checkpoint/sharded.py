@@ -4,7 +4,10 @@ Each rank's piece of a tensor is wrapped as a DTensor that places it in the cano
 model-parallel cut comes from the model's sharding table (model/sharding.py), and when the tensor is an FSDP2
 DTensor (train.sharding zero2 / fsdp) its data-parallel cut comes from its own placement. The mesh lists the
 rank axes in the order the cuts are applied (replicas, the model-parallel splits outermost first, then the FSDP
-shard), over ranks in megatron-core order. DCP writes each global chunk once (replicas are deduplicated) and, on
+shard), over the ranks of this rank's pipeline stage in megatron-core order (all ranks without pipeline
+parallelism); meshes are placement only (no process groups: DCP talks over the default group). Under pipeline
+parallelism ranks hold different tensors: every rank takes part in the save and load of every part (the union
+over ranks, possibly with nothing of its own), so the collective calls match. DCP writes each global chunk once (replicas are deduplicated) and, on
 load, reads only the chunks that overlap this rank's piece, so a checkpoint saved at one TP/EP/DP/sharding layout
 loads into any other.
 """
@@ -31,12 +34,13 @@ def _distributed() -> bool:
 
 
 def _mesh(ranks: torch.Tensor, device_type: str):
-    """A DeviceMesh over `ranks` (created once per arrangement; every rank creates them in the same order)."""
+    """A DeviceMesh over `ranks` without process groups (DCP only needs the placement; a stage's ranks create
+    meshes the other stages do not, so creating groups would not be collective)."""
     from torch.distributed.device_mesh import DeviceMesh
 
     key = (tuple(ranks.shape), tuple(ranks.flatten().tolist()), device_type, id(dist.group.WORLD))
     if key not in _MESHES:
-        _MESHES[key] = DeviceMesh(device_type, ranks.contiguous())
+        _MESHES[key] = DeviceMesh(device_type, ranks.contiguous(), _init_backend=False)
     return _MESHES[key]
 
 
@@ -66,10 +70,12 @@ def as_global(t: torch.Tensor, spec: ParamSharding):
         return local
     from torch.distributed.tensor import DTensor, Replicate, Shard
 
+    from ..parallel import pipeline_stage_ranks
+
     sizes = [s.size for s in spec.splits]
     split_ranks = math.prod(sizes)
-    world = dist.get_world_size()
-    ranks = torch.arange(world)
+    ranks = torch.tensor(pipeline_stage_ranks())
+    world = ranks.numel()
     placements = [Replicate()] + [Shard(s.dim) for s in spec.splits]
     if cut is None or cut[1] == 1:
         ranks = ranks.view(world // split_ranks, *sizes)
@@ -100,6 +106,20 @@ def _by_part(names) -> dict[str, list[str]]:
     return parts
 
 
+def _all_parts(parts: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The union over ranks of {part: names} (ranks of different pipeline stages hold different parts), in an
+    order every rank agrees on."""
+    if not _distributed():
+        return parts
+    from ..parallel import all_gather_object, world_group
+
+    merged: dict[str, set] = {}
+    for theirs in all_gather_object(parts, world_group()):
+        for part, names in theirs.items():
+            merged.setdefault(part, set()).update(names)
+    return {p: sorted(merged[p]) for p in sorted(merged)}
+
+
 @torch.no_grad()
 def save_model(model: nn.Module, ckpt_dir: str | Path, dtype: Optional[torch.dtype] = None) -> dict:
     """Collective over all ranks: write model/<part>/ for every part plus model/index.json (rank 0).
@@ -107,10 +127,12 @@ def save_model(model: nn.Module, ckpt_dir: str | Path, dtype: Optional[torch.dty
     ckpt_dir = Path(ckpt_dir)
     tensors = model_tensors(model)
     table = sharding_table(model)
-    parts = _by_part(tensors)
+    parts = _all_parts(_by_part(tensors))
     for part, names in parts.items():
         sd = {}
         for n in names:
+            if n not in tensors:
+                continue  # another pipeline stage's tensor: this rank joins the collective with nothing
             t = tensors[n].detach()
             t = t if dtype is None else t.to(dtype)
             sd[n] = as_global(t.contiguous(), table[n])
@@ -139,9 +161,14 @@ def load_into(model: nn.Module, path: str | Path, strict: bool = True, collectiv
     if missing and strict:
         raise CheckpointError(f"{ckpt}: checkpoint lacks {missing[0]!r} ({len(missing)} tensors missing); "
                               f"was it saved from a different model config?")
-    for part, names in _by_part([n for n in tensors if n in stored]).items():
-        pdir = ckpt / MODEL_DIR / stored[names[0]]
-        md = part_metadata(pdir)
+    mine: dict[str, list[str]] = {}
+    for n in tensors:
+        if n in stored:
+            mine.setdefault(stored[n], []).append(n)
+    for part in (_all_parts(mine) if collective else mine):
+        names = mine.get(part, [])
+        pdir = ckpt / MODEL_DIR / part
+        md = part_metadata(pdir) if names else {}
         targets = {}
         for n in names:
             if n not in md:

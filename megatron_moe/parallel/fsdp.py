@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 FSDP_MODES = ("zero2", "fsdp")
 EXPERT_METHODS = ("sorted_rows", "kernel_rows", "fused_tokens")
-ROOT_METHODS = ("loss",)
+ROOT_METHODS = ("loss",)  # a pipeline stage (pp > 1) runs stage_forward instead
 
 
 def data_parallel_meshes(ps: ParallelState):
@@ -110,7 +110,8 @@ def shard_model(model: nn.Module, ps: ParallelState, mode: str, *, bf16: bool, o
     # backward comes first (FSDP2's default for the root)
     fully_shard(model, mesh=dp_mesh, reshard_after_forward=False, shard_placement_fn=_shard_dim(ps.dp_size),
                 **common)
-    for name in ROOT_METHODS:
+    whole = getattr(model, "is_first", True) and getattr(model, "is_last", True)
+    for name in (ROOT_METHODS if whole else ("stage_forward",)):
         register_fsdp_forward_method(model, name)
     model.set_reduce_scatter_unused_params(True)
     check_complete(table, [n for n, _ in model.named_parameters()])  # FSDP2 keeps the names

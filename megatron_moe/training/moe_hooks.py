@@ -51,6 +51,16 @@ def end_step(layers: list[MoELayer], taken: bool) -> None:
             layer.balance.reset()
 
 
+def merge_summaries(summaries: list[dict]) -> dict:
+    """One MoEStats.summary from those of pipeline stages (each covers its own layers): losses summed over
+    layers as within a stage, per-layer loads side by side."""
+    parts = [s for s in summaries if s]
+    if not parts:
+        return {}
+    return {"aux_loss": sum(s["aux_loss"] for s in parts), "z_loss": sum(s["z_loss"] for s in parts),
+            "expert_load": {k: v for s in parts for k, v in s["expert_load"].items()}}
+
+
 class MoEStats:
     """Per-layer aux loss, z loss and tokens per expert accumulated over the micro-batches of one step."""
 

@@ -17,6 +17,9 @@ One optimizer step (`train_step`) is five named steps:
                  abort with TrainingError); otherwise clip, set the scheduled learning rate, AdamW, and the
                  once-per-step MoE updates (sigmoid expert bias);
   5. record      the metrics record of the step.
+With pipeline parallelism (parallel.pp > 1) steps 1 and 2 run the micro-batches through the stages with the 1F1B
+schedule (training/pipeline.py); losses live on the last stage and the MoE statistics on each stage's layers, so
+step 3 also sums the loss over the pipeline group and step 5 merges every stage's MoE statistics.
 """
 from __future__ import annotations
 
@@ -32,13 +35,13 @@ from torch import nn
 
 from ..config import Config
 from ..errors import CheckpointError, UserError
-from ..parallel import ParallelState, all_reduce_
+from ..parallel import ParallelState, all_gather_object, all_reduce_
 from ..parallel.fsdp import is_fsdp
 from . import checkpointing as ckpt
 from .grads import clip_grads, global_grad_norm, sync_grads, zero_missing_grads
 from .metrics import MetricsWriter, memory_stats, peak_tflops, train_flops_per_token
-from .moe_hooks import (MoEStats, end_step, finish_balance_collect, moe_layers, set_loss_scale, set_noise_context,
-                        start_balance_collect)
+from .moe_hooks import (MoEStats, end_step, finish_balance_collect, merge_summaries, moe_layers, set_loss_scale,
+                        set_noise_context, start_balance_collect)
 from .optimizer import TrainOptimizer
 from .schedule import lr_at
 from .validation import perplexities, validate
@@ -77,6 +80,13 @@ class Trainer:
         self.autocast = autocast_for(cfg, self.device, self.sharded)
         self.moe = moe_layers(model)
         self.moe_stats = MoEStats(self.moe)
+        self.pipeline = None
+        if ps.pp_size > 1:
+            from .pipeline import PipelineRunner
+
+            # the residual stream's dtype: fp32 under autocast, bf16 with FSDP2's bf16 compute weights
+            boundary = torch.bfloat16 if uses_bf16(cfg, self.device) and self.sharded else torch.float32
+            self.pipeline = PipelineRunner(cfg, ps, model, self.autocast, boundary, on_forward=self.moe_stats.collect)
         self.step = 0
         self.consumed_tokens = 0
         self.skipped_steps = 0
@@ -157,18 +167,30 @@ class Trainer:
     def collect_balance(self, batch) -> None:
         """Step 1: forward every micro-batch without gradients; each MoE layer sums its global routing statistics."""
         start_balance_collect(self.moe)
-        for tokens_BS1, _ in self.micro_batches(batch):
-            with self.autocast():
-                self.model.loss(tokens_BS1[:, :-1], tokens_BS1[:, 1:])
+        if self.pipeline is not None:
+            self.pipeline.forward_only(batch, batch.tokens.shape[0] // self.cfg.train.micro_batch_size)
+        else:
+            for tokens_BS1, _ in self.micro_batches(batch):
+                with self.autocast():
+                    self.model.loss(tokens_BS1[:, :-1], tokens_BS1[:, 1:])
         finish_balance_collect(self.moe)
 
     def accumulate(self, batch) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Step 2: forward + backward of every micro-batch; returns (loss sum, per-domain [sums; counts], n)."""
+        """Step 2: forward + backward of every micro-batch; returns (loss sum, per-domain [sums; counts], n)
+        (zeros on pipeline stages other than the last)."""
         n_micro = batch.tokens.shape[0] // self.cfg.train.micro_batch_size
         set_loss_scale(self.moe, 1.0 / n_micro)
         self.moe_stats.reset()
         dom_sums = torch.zeros(2, len(self.data.domain_names), dtype=torch.float64)
         loss_sum = torch.zeros((), dtype=torch.float64)
+        if self.pipeline is not None:
+            per_seq = self.pipeline.forward_backward(batch, n_micro)
+            if per_seq is not None:
+                loss_sum += sum(loss.double().cpu() for loss in self.pipeline.micro_losses)
+                per = per_seq.double().cpu()
+                dom_sums[0].index_add_(0, batch.domain_ids, per)
+                dom_sums[1].index_add_(0, batch.domain_ids, torch.ones_like(per))
+            return loss_sum, dom_sums, n_micro
         for tokens_BS1, dom_B in self.micro_batches(batch):
             with self.autocast():
                 loss, per_seq_B = self.model.loss(tokens_BS1[:, :-1], tokens_BS1[:, 1:])
@@ -181,14 +203,16 @@ class Trainer:
         return loss_sum, dom_sums, n_micro
 
     def reduce(self, loss_sum, dom_sums, n_micro) -> tuple[float, torch.Tensor, float]:
-        """Step 3: synchronised gradients, their global norm, and the DP-mean loss and per-domain sums."""
+        """Step 3: synchronised gradients, their global norm (over all pipeline stages), and the DP-mean loss and
+        per-domain sums (from the last pipeline stage)."""
         ps = self.ps
         zero_missing_grads(self.model.parameters())
         sync_grads(self.model, ps, self.sharded)
         grad_norm = global_grad_norm(self.model, ps, self.sharded)
         stats = torch.cat([loss_sum.reshape(1) / n_micro, dom_sums.flatten()])
-        if ps.dp_size > 1:
-            stats = all_reduce_(stats.to(self.device), ps.dp_group).cpu()
+        for size, group in ((ps.dp_size, ps.dp_group), (ps.pp_size, ps.pp_group)):
+            if size > 1:
+                stats = all_reduce_(stats.to(self.device), group).cpu()
         return float(stats[0]) / ps.dp_size, stats[1:].view(2, -1), grad_norm
 
     def update(self, loss: float, grad_norm: float, lr: float) -> bool:
@@ -220,7 +244,10 @@ class Trainer:
                "domain_loss": {n: float(dom_sums[0, i] / dom_sums[1, i])
                                for i, n in enumerate(self.data.domain_names) if dom_sums[1, i] > 0},
                "domain_weights": dict(self.data.weights)}
-        rec.update(self.moe_stats.summary() or {"aux_loss": 0.0})
+        summary = self.moe_stats.summary()
+        if ps.pp_size > 1:  # every stage's layers (collective over the pipeline group)
+            summary = merge_summaries(all_gather_object(summary, ps.pp_group))
+        rec.update(summary or {"aux_loss": 0.0})
         if self.peak:
             rec["mfu"] = rec["tokens_per_sec"] * self.flops_per_token / (ps.world_size * self.peak * 1e12)
         rec.update(memory_stats(self.device))
@@ -236,7 +263,8 @@ class Trainer:
         """Per-domain validation loss/perplexity; updates dynamic domain weights; logs an eval record."""
         cfg = self.cfg
         batch = cfg.train.micro_batch_size * self.ps.dp_size
-        losses = validate(self.model, self.data, self.ps, batch, cfg.train.eval_iters, self.autocast, self.device)
+        losses = validate(self.model, self.data, self.ps, batch, cfg.train.eval_iters, self.autocast, self.device,
+                          pipeline=self.pipeline)
         self.last_valid = losses
         weights = self.data.update_weights(losses)
         rec = {"step": self.step, "valid_loss": losses, "valid_ppl": perplexities(losses),

@@ -48,11 +48,14 @@ def tiny_config(prefixes: dict, run_dir: Path, moe: bool = False, save_interval:
 
 def randomize_routers(trainer, seed: int = 3) -> None:
     """Give routers small random weights (as a trained/converted model has) instead of the zero init, so tokens
-    spread over the experts of both EP ranks. Routers are replicated, so every layout gets the same values."""
-    g = torch.Generator().manual_seed(seed)
+    spread over the experts of both EP ranks. Routers are replicated and each is drawn from a generator seeded by
+    its name, so every layout (also a pipeline stage holding some of the layers) gets the same values."""
+    import zlib
+
     with torch.no_grad():
         for name, p in trainer.model.named_parameters():
             if ".router." in name:
+                g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
                 full = torch.randn(p.shape, generator=g) * 0.5
                 if hasattr(p, "device_mesh"):  # an FSDP2 DTensor: every rank has `full`, each keeps its shard
                     from torch.distributed.tensor import distribute_tensor
