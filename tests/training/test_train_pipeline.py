@@ -92,3 +92,50 @@ def test_pp2_matches_one_process(corpus, single):
     assert res[0]["pp2"]["load"].keys() == single["micro"]["load"].keys() and len(res[0]["pp2"]["load"]) == 4
     for k, v in single["micro"]["valid"].items():
         assert abs(res[0]["pp2"]["valid"][k] - v) <= TOL, (res[0]["pp2"]["valid"], single["micro"]["valid"])
+
+
+@pytest.mark.dist
+def test_pp2_composes_with_ep_tp_sp_and_sharding(corpus, single):
+    """4 ranks: PP=2 x EP=2 (dp=2), PP=2 x TP=2 + SP, PP=2 x dp=2 with ZeRO-1 and with FSDP2. With dp=2 a
+    micro-batch holds 2 sequences, so the balance scope is global (independent of the split)."""
+    root, prefixes = corpus
+    runs = [("pp2ep2", {"parallel": {"pp": 2, "ep": 2}}),
+            ("pp2tp2sp", {"parallel": {"pp": 2, "tp": 2, "sp": True}}),
+            ("pp2zero1", {"parallel": {"pp": 2}, "cfg": {"sharding": "zero1"}}),
+            ("pp2fsdp", {"parallel": {"pp": 2}, "cfg": {"sharding": "fsdp"}})]
+    for _, run in runs:
+        run.setdefault("cfg", {})["scope"] = "global"
+    res = spawn(_pipelined, 4, prefixes, root, runs, timeout=480)
+    ref = single["global"]["steps"]
+    for name, _ in runs:
+        assert all(r[name]["steps"] == res[0][name]["steps"] for r in res), name
+        assert _close(res[0][name]["steps"], ref), (name, res[0][name]["steps"], ref)
+
+
+def _save_then_resume(rank, world, prefixes, root, pp_first, pp_then):
+    """Train 2 steps at pp_first and save; then continue to STEPS at pp_then from that checkpoint."""
+    from megatron_moe.parallel import init_parallel
+
+    out = []
+    for pp, until in ((pp_first, 2), (pp_then, STEPS)):
+        cfg = _cfg(prefixes, root / f"resume_{pp_first}to{pp_then}", "global")
+        cfg.parallel.pp = pp
+        ps = init_parallel(prepared(cfg, world).parallel)
+        trainer = build_trainer(cfg, ps)
+        if trainer.step == 0:
+            randomize_routers(trainer)
+        out += _records(trainer, trainer.train(until=until))
+        trainer.save()
+        trainer.close()
+    return out
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("first,then", [(2, 1), (1, 2)], ids=["pp2-to-pp1", "pp1-to-pp2"])
+def test_checkpoint_resumes_in_another_pipeline_layout(corpus, single, first, then):
+    """Both runs use 2 ranks (pp=1 means dp=2 there, so the balance scope is global, which does not depend on how
+    the batch is split): the resumed steps equal the uninterrupted single process."""
+    root, prefixes = corpus
+    res = spawn(_save_then_resume, 2, prefixes, root, first, then)
+    assert res[0] == res[1]
+    assert _close(res[0], single["global"]["steps"]), (res[0], single["global"]["steps"])
