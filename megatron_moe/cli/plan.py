@@ -7,7 +7,8 @@ Exit status: 0 when the configured layout fits, 1 when it does not fit or is not
 parallel.ep=8 on 4 GPUs); then the layouts for --gpus are searched (tp, pipeline stages pp with the even and the
 memory-balanced layer split, ep, sharding mode, optimizer offload, recomputation, micro batch) and the preferred
 one that fits with 10% margin is printed with its overrides, if one exists. With pp > 1 every stage is planned and
-the largest is shown. 2 on bad input (unreadable config, bad numbers). Formulas: megatron_moe/memory_plan.py, docs/launch.md.
+the largest is shown. 2 on bad input (unreadable config, bad numbers). Formulas: megatron_moe/memory_plan.py,
+docs/launch.md.
 """
 from __future__ import annotations
 
