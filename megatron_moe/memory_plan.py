@@ -48,15 +48,31 @@ Activations per micro-batch, in the manner of Korthikanti et al. 2022 ("Reducing
 All-to-all buffers (ep*etp > 1): send + receive of one dispatch, 2 * a*T_r*K*etp*D * imbalance, where
   imbalance (default 2.0) leaves headroom for dropless routing sending more than the balanced share to a rank.
 Overhead: a fixed allowance for the CUDA context, NCCL buffers and allocator fragmentation (default 4 GiB).
+Pipeline parallelism (p = pp stages, parallel.pp_layout or the even split; megatron-core rank order tp-cp-ep-dp-pp):
+  dp = world/(t*p), edp = world/(ep*etp*p), N = global_batch/(B*dp) micro-batches per step (the gradient
+  accumulation steps; torch's Schedule1F1B needs N >= p). Every stage is planned on its own; the plan is the stage
+  with the largest total (`stage`, `stage_totals`). Stage s holds its decoder layers' parameters; stage 0 also the
+  embedding V*D/t, the last stage the final norm D and the head V*D/t (untied: pp > 1 refuses tied embeddings);
+  weights, grads and optimizer state follow the sharding rules above with that stage's parameters (the groups are
+  within a stage). Activations, 1F1B: stage s holds m_s = min(p - s, N) micro-batches in flight (stage 0 the most),
+  each with its layers' activations plus, on the last stage, the `outside` terms (logits of one micro-batch: m = 1
+  there) and, on the others, the stage output kept for backward, b = a*T*D/σ; with full recomputation m_s * (its
+  layers' inputs + those ends) + one layer's activations. Boundary buffers (`pp_buffers`): torch 2.13's
+  PipelineStage allocates receive buffers for all N micro-batches of a step up front (stage.py,
+  _setup_forward_recv_info / _setup_backward_recv_info): on stage s > 0 N forward receive buffers of b bytes plus
+  their N input gradients (.grad, kept until the next step), on s < p-1 N gradient receive buffers: N*b*(2*[s>0] +
+  [s<p-1]). Approximated: the first layer's input on stage s > 0 is a receive buffer (counted in both terms,
+  m_s*b too much); the p2p send side and the schedule's bookkeeping are not counted; the all-to-all buffers are
+  counted on every stage of an MoE model.
 """
 from __future__ import annotations
 
 import copy
-import itertools
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, ParallelConfig
 from .errors import UserError
 
 GIB = 2 ** 30
@@ -86,26 +102,38 @@ class Layout:
     """train.offload_optimizer (zero2 / fsdp only)."""
     recompute: bool = False
     micro_batch: int = 1
+    pp: int = 1
+    """Pipeline stages (parallel.pp)."""
+    pp_layout: Optional[tuple] = None
+    """Decoder layers per stage (parallel.pp_layout); None: the even split."""
 
     @property
     def dp(self) -> int:
-        return self.world_size // self.tp
+        return self.world_size // (self.tp * self.pp)
 
     @property
     def edp(self) -> int:
-        return self.world_size // (self.ep * self.etp)
+        return self.world_size // (self.ep * self.etp * self.pp)
+
+    def parallel(self) -> ParallelConfig:
+        """The parallel: section of this layout (stage_layers / stage_range live there)."""
+        return ParallelConfig(tp=self.tp, ep=self.ep, etp=self.etp if self.etp > 1 else None, sp=self.sp,
+                              pp=self.pp, pp_layout=list(self.pp_layout) if self.pp_layout else None)
 
     def describe(self) -> str:
-        return (f"tp={self.tp} ep={self.ep} etp={self.etp} sp={self.sp} dp={self.dp} edp={self.edp} "
-                f"sharding={self.sharding}{' offload' if self.offload else ''} recompute={self.recompute} "
-                f"micro_batch={self.micro_batch}")
+        stages = f" pp_layout={','.join(map(str, self.pp_layout))}" if self.pp_layout else ""
+        return (f"tp={self.tp} ep={self.ep} etp={self.etp} sp={self.sp} pp={self.pp}{stages} dp={self.dp} "
+                f"edp={self.edp} sharding={self.sharding}{' offload' if self.offload else ''} "
+                f"recompute={self.recompute} micro_batch={self.micro_batch}")
 
     def overrides(self) -> str:
-        """The config overrides that select this layout."""
+        """The config overrides that select this layout (a pp_layout list is shell-quoted)."""
+        stages = f"'parallel.pp_layout=[{','.join(map(str, self.pp_layout))}]'" if self.pp_layout else \
+            "parallel.pp_layout=null"
         return (f"parallel.tp={self.tp} parallel.ep={self.ep} parallel.sp={str(self.sp).lower()} "
                 f"train.sharding={self.sharding} train.offload_optimizer={str(self.offload).lower()} "
                 f"train.recompute={str(self.recompute).lower()} train.micro_batch_size={self.micro_batch}"
-                + (f" parallel.etp={self.etp}" if self.etp > 1 else ""))
+                + (f" parallel.etp={self.etp}" if self.etp > 1 else "") + f" parallel.pp={self.pp} {stages}")
 
 
 @dataclass(frozen=True)
@@ -132,10 +160,17 @@ class MemoryPlan:
     """Host memory per GPU's process for offloaded state (not part of `total`)."""
     master_weights: float = 0.0
     """The part of `optimizer` that is fp32 master weights (FSDP2: the sharded parameters themselves)."""
+    pp_buffers: float = 0.0
+    """Pipeline receive buffers of the stage (module docstring); 0 without pipeline parallelism."""
+    stage: int = 0
+    """The pipeline stage this plan describes (plan_memory: the one with the largest total)."""
+    stage_totals: tuple = ()
+    """plan_memory: the total bytes of every stage, first to last."""
 
     @property
     def total(self) -> float:
-        return self.weights + self.grads + self.optimizer + self.activations + self.a2a_buffers + self.overhead
+        return (self.weights + self.grads + self.optimizer + self.activations + self.a2a_buffers + self.pp_buffers
+                + self.overhead)
 
     @property
     def total_gib(self) -> float:
@@ -197,13 +232,28 @@ def count_params(cfg: Config) -> ParamCounts:
     return ParamCounts(total=dense + routed, activated=dense + activated_routed, dense=dense, routed_experts=routed)
 
 
-def local_params(cfg: Config, layout: Layout) -> tuple[int, int]:
-    """(dense, expert) parameters held by one rank of `layout`."""
+def stage_kinds(cfg: Config, layout: Layout, stage: int = 0) -> tuple[int, int]:
+    """(MoE, dense) decoder layers of pipeline stage `stage` (all layers without pipeline parallelism)."""
+    layers = layout.parallel().stage_range(cfg.model.num_layers, stage)
+    n_moe = sum(cfg.moe.is_moe_layer(i) for i in layers)
+    return n_moe, len(layers) - n_moe
+
+
+def _ends_params(m, layout: Layout, stage: int) -> int:
+    """Embedding, final norm and LM head parameters of one rank of `stage` (all of them at pp = 1)."""
+    if layout.pp == 1:
+        return _embedding_params(m) // layout.tp + m.hidden_size
+    first, last = stage == 0, stage == layout.pp - 1
+    return (first + last) * (m.vocab_size * m.hidden_size // layout.tp) + (m.hidden_size if last else 0)
+
+
+def local_params(cfg: Config, layout: Layout, stage: int = 0) -> tuple[int, int]:
+    """(dense, expert) parameters held by one rank of `layout` on pipeline stage `stage`."""
     m, moe = cfg.model, cfg.moe
     D, t = m.hidden_size, layout.tp
-    n_moe, n_dense = _layer_kinds(cfg)
+    n_moe, n_dense = stage_kinds(cfg, layout, stage)
     split, replicated = _attention_params(m)
-    dense = (_embedding_params(m) // t + D + m.num_layers * (split // t + replicated)
+    dense = (_ends_params(m, layout, stage) + (n_moe + n_dense) * (split // t + replicated)
              + n_dense * 3 * D * m.intermediate_size // t)
     expert = 0
     if moe.enabled:
@@ -212,14 +262,15 @@ def local_params(cfg: Config, layout: Layout) -> tuple[int, int]:
     return dense, expert
 
 
-def fsdp_units(cfg: Config, layout: Layout) -> tuple[int, int, int]:
-    """(root, dense part, expert part of the largest decoder layer) parameters one rank gathers under FSDP2
-    (parallel/fsdp.py's units): the root is embedding, final norm and head; a layer unit is its dense part (over
-    dp) plus its experts (a unit of their own, over edp)."""
+def fsdp_units(cfg: Config, layout: Layout, stage: int = 0) -> tuple[int, int, int]:
+    """(root, dense part, expert part of the largest decoder layer) parameters one rank of `stage` gathers under
+    FSDP2 (parallel/fsdp.py's units): the root is what the stage holds outside its layers (embedding, final norm and
+    head; none on a middle pipeline stage); a layer unit is its dense part (over dp) plus its experts (a unit of
+    their own, over edp)."""
     m = cfg.model
-    dense, expert = local_params(cfg, layout)
-    root = _embedding_params(m) // layout.tp + m.hidden_size
-    n_moe, n_dense = _layer_kinds(cfg)
+    dense, expert = local_params(cfg, layout, stage)
+    root = _ends_params(m, layout, stage)
+    n_moe, n_dense = stage_kinds(cfg, layout, stage)
     split, replicated = _attention_params(m)
     dense_mlp_layer = split // layout.tp + replicated + 3 * m.hidden_size * m.intermediate_size // layout.tp
     layers = [(dense_mlp_layer, 0)] if n_dense else []
@@ -253,19 +304,44 @@ def layer_activation_bytes(cfg: Config, layout: Layout, moe_layer: bool) -> floa
     return attn + mlp
 
 
-def activation_bytes(cfg: Config, layout: Layout) -> float:
-    """Activation bytes of one micro-batch at the peak of backward."""
+def micro_batches(cfg: Config, layout: Layout) -> int:
+    """Micro-batches per step and data-parallel rank: global_batch / (micro_batch * dp)."""
+    return cfg.train.global_batch_size // (layout.micro_batch * layout.dp)
+
+
+def _boundary_bytes(cfg: Config, layout: Layout) -> float:
+    """One activation at a stage boundary, [micro_batch, S/σ, D] in the compute dtype."""
+    sigma = layout.tp if layout.sp else 1
+    return _act_bytes(cfg) * cfg.data.seq_len * layout.micro_batch * cfg.model.hidden_size / sigma
+
+
+def activation_bytes(cfg: Config, layout: Layout, stage: int = 0) -> float:
+    """Activation bytes of pipeline stage `stage` at the peak of backward: its in-flight micro-batches (one
+    without pipeline parallelism)."""
     m = cfg.model
     a, D, t = _act_bytes(cfg), m.hidden_size, layout.tp
     sigma = t if layout.sp else 1
     T = cfg.data.seq_len * layout.micro_batch
-    n_moe, n_dense = _layer_kinds(cfg)
-    outside = a * T * D / sigma + a * T * D + (a + 8) * T * m.vocab_size / t
+    n_moe, n_dense = stage_kinds(cfg, layout, stage)
+    in_flight = min(layout.pp - stage, micro_batches(cfg, layout))  # 1F1B
+    if stage == layout.pp - 1:  # final norm, head input, logits
+        ends = a * T * D / sigma + a * T * D + (a + 8) * T * m.vocab_size / t
+    else:  # the stage output, kept for its backward
+        ends = _boundary_bytes(cfg, layout)
     per_moe = layer_activation_bytes(cfg, layout, True) if n_moe else 0.0
     per_dense = layer_activation_bytes(cfg, layout, False) if n_dense else 0.0
     if layout.recompute:
-        return outside + m.num_layers * a * T * D / sigma + max(per_moe, per_dense)
-    return outside + n_moe * per_moe + n_dense * per_dense
+        return in_flight * (ends + (n_moe + n_dense) * a * T * D / sigma) + max(per_moe, per_dense)
+    return in_flight * (ends + n_moe * per_moe + n_dense * per_dense)
+
+
+def pipeline_buffer_bytes(cfg: Config, layout: Layout, stage: int = 0) -> float:
+    """Receive buffers torch's PipelineStage allocates on `stage` for all micro-batches of a step: forward inputs
+    and their gradients (stage > 0), output gradients (all but the last stage). Zero at pp = 1."""
+    if layout.pp == 1:
+        return 0.0
+    n = 2 * (stage > 0) + (stage < layout.pp - 1)
+    return micro_batches(cfg, layout) * n * _boundary_bytes(cfg, layout)
 
 
 def a2a_buffer_bytes(cfg: Config, layout: Layout, imbalance: float = 2.0) -> float:
@@ -281,7 +357,8 @@ def a2a_buffer_bytes(cfg: Config, layout: Layout, imbalance: float = 2.0) -> flo
 def layout_from_config(cfg: Config, world_size: int) -> Layout:
     p, tr = cfg.parallel, cfg.train
     return Layout(world_size=world_size, tp=p.tp, ep=p.ep, etp=p.expert_tp, sp=p.sp, sharding=tr.sharding,
-                  offload=tr.offload_optimizer, recompute=tr.recompute, micro_batch=tr.micro_batch_size)
+                  offload=tr.offload_optimizer, recompute=tr.recompute, micro_batch=tr.micro_batch_size, pp=p.pp,
+                  pp_layout=tuple(p.pp_layout) if p.pp_layout is not None else None)
 
 
 def apply_layout(cfg: Config, layout: Layout) -> Config:
@@ -289,22 +366,42 @@ def apply_layout(cfg: Config, layout: Layout) -> Config:
     out = copy.deepcopy(cfg)
     out.parallel.tp, out.parallel.ep, out.parallel.sp = layout.tp, layout.ep, layout.sp
     out.parallel.etp = layout.etp if layout.etp > 1 else None
+    out.parallel.pp = layout.pp
+    out.parallel.pp_layout = list(layout.pp_layout) if layout.pp_layout is not None else None
     out.train.sharding, out.train.offload_optimizer = layout.sharding, layout.offload
     out.train.recompute, out.train.micro_batch_size = layout.recompute, layout.micro_batch
     return out
 
 
-def plan_memory(cfg: Config, layout: Layout, *, overhead_gib: float = 4.0, a2a_imbalance: float = 2.0,
-                gathered_layers: int = 2) -> MemoryPlan:
-    """Per-GPU bytes of `layout` for `cfg` (formulas in the module docstring). `gathered_layers`: decoder-layer
-    units fsdp holds gathered at once (2 on GPUs: the current one and the prefetched next; 1 where collectives do
-    not overlap compute, as gloo on CPU)."""
+def check_layout(cfg: Config, layout: Layout) -> None:
+    """MemoryPlanError unless `layout` is a valid one for `cfg` that the 1F1B schedule can run."""
     try:
         apply_layout(cfg, layout).validate(layout.world_size)
     except ConfigError as err:
         raise MemoryPlanError(f"layout {layout.describe()} is invalid: {err}") from None
+    if micro_batches(cfg, layout) < layout.pp:
+        raise MemoryPlanError(f"layout {layout.describe()} is invalid: 1F1B needs at least pp={layout.pp} "
+                              f"micro-batches per step, global_batch_size/(micro_batch_size*dp) = "
+                              f"{micro_batches(cfg, layout)}")
+
+
+def plan_memory(cfg: Config, layout: Layout, *, overhead_gib: float = 4.0, a2a_imbalance: float = 2.0,
+                gathered_layers: int = 2) -> MemoryPlan:
+    """Per-GPU bytes of `layout` for `cfg` (formulas in the module docstring): the pipeline stage with the largest
+    total (the only one at pp = 1). `gathered_layers`: decoder-layer units fsdp holds gathered at once (2 on
+    GPUs: the current one and the prefetched next; 1 where collectives do not overlap compute, as gloo on CPU)."""
+    check_layout(cfg, layout)
+    opts = dict(overhead_gib=overhead_gib, a2a_imbalance=a2a_imbalance, gathered_layers=gathered_layers)
+    plans = [stage_plan(cfg, layout, stage, **opts) for stage in range(layout.pp)]
+    worst = max(plans, key=lambda plan: plan.total)
+    return dataclasses.replace(worst, stage_totals=tuple(plan.total for plan in plans))
+
+
+def stage_plan(cfg: Config, layout: Layout, stage: int = 0, *, overhead_gib: float = 4.0,
+               a2a_imbalance: float = 2.0, gathered_layers: int = 2) -> MemoryPlan:
+    """Per-GPU bytes of one pipeline stage of `layout` (not validated: plan_memory checks the layout)."""
     w, g, master, adam = STATE_BYTES["fp32" if cfg.train.precision == "fp32" else "bf16"]
-    dense, expert = local_params(cfg, layout)
+    dense, expert = local_params(cfg, layout, stage)
     sharded = dense / layout.dp + expert / layout.edp  # parameters per rank when sharded over dp / edp
     host = 0.0
     if layout.sharding in ("none", "zero1"):
@@ -314,7 +411,7 @@ def plan_memory(cfg: Config, layout: Layout, *, overhead_gib: float = 4.0, a2a_i
         held = sharded if layout.sharding == "zero1" else dense + expert
         optimizer, master_weights = (master + adam) * held, master * held
     else:  # FSDP2: the sharded fp32 parameter is the master weight
-        root, unit_dense, unit_expert = fsdp_units(cfg, layout)
+        root, unit_dense, unit_expert = fsdp_units(cfg, layout, stage)
         # in fp32 a unit over a group of one computes with its sharded parameter itself: no gathered copy
         own_d = 0 if (w == 4 and layout.dp == 1) else 1
         own_e = 0 if (w == 4 and layout.edp == 1) else 1
@@ -330,60 +427,12 @@ def plan_memory(cfg: Config, layout: Layout, *, overhead_gib: float = 4.0, a2a_i
         else:
             grads, optimizer, master_weights = grads + 4 * sharded, (4 + 8) * sharded, 4 * sharded
     return MemoryPlan(layout=layout, weights=float(weights), grads=float(grads), optimizer=float(optimizer),
-                      activations=activation_bytes(cfg, layout),
+                      activations=activation_bytes(cfg, layout, stage),
                       a2a_buffers=a2a_buffer_bytes(cfg, layout, a2a_imbalance), overhead=overhead_gib * GIB,
                       local_dense_params=dense, local_expert_params=expert, host=float(host),
-                      master_weights=float(master_weights))
+                      master_weights=float(master_weights), pp_buffers=pipeline_buffer_bytes(cfg, layout, stage),
+                      stage=stage)
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-# (sharding, offload) in order of preference: zero1 is as cheap as none (the same all-reduce volume); zero2 gathers
-# weights once per micro-batch; fsdp again in backward; offload moves AdamW to the CPU
-SEARCHED_SHARDING = (("zero1", False), ("none", False), ("zero2", False), ("fsdp", False), ("zero2", True),
-                     ("fsdp", True))
-
-
-def candidate_layouts(cfg: Config, world_size: int, gpus_per_node: int = 8, max_micro_batch: int = 8) -> list[Layout]:
-    """Layouts that validate: tp and ep*etp within a node (NVLink), etp in {1, configured}, micro batch a power of 2."""
-    E = cfg.moe.num_experts
-    eps = [d for d in _divisors(E) if d <= gpus_per_node] if cfg.moe.enabled else [1]
-    etps = sorted({1, cfg.parallel.expert_tp})
-    mbs = [2 ** i for i in range(max_micro_batch.bit_length()) if 2 ** i <= max_micro_batch]
-    out = []
-    for tp, ep, etp, (sharding, offload), recompute, mb in itertools.product(
-            [d for d in _divisors(world_size) if d <= gpus_per_node], eps, etps, SEARCHED_SHARDING, (False, True),
-            mbs):
-        if ep * etp > gpus_per_node:
-            continue
-        layout = Layout(world_size, tp, ep, etp, tp > 1, sharding, offload, recompute, mb)
-        try:
-            apply_layout(cfg, layout).validate(world_size)
-        except ConfigError:
-            continue
-        out.append(layout)
-    return out
-
-
-def suggest_layout(cfg: Config, world_size: int, gpu_mem_gib: float, *, gpus_per_node: int = 8,
-                   overhead_gib: float = 4.0, a2a_imbalance: float = 2.0, margin: float = 0.9) -> Optional[MemoryPlan]:
-    """The preferred layout whose estimate stays within margin * gpu_mem_gib, or None. Preference: no optimizer
-    offload (AdamW on the CPU is slow), then the smallest tp (TP communicates every layer), then no recomputation
-    (~1/3 more compute), then the largest micro batch up to 4, then the least sharding (SEARCHED_SHARDING's
-    order), then the smallest ep."""
-    fitting = []
-    for layout in candidate_layouts(cfg, world_size, gpus_per_node):
-        plan = plan_memory(cfg, layout, overhead_gib=overhead_gib, a2a_imbalance=a2a_imbalance)
-        if plan.fits(gpu_mem_gib * margin):
-            fitting.append(plan)
-    if not fitting:
-        return None
-
-    def key(plan: MemoryPlan):
-        lay = plan.layout
-        return (lay.offload, lay.tp, lay.recompute, -min(lay.micro_batch, 4),
-                SEARCHED_SHARDING.index((lay.sharding, lay.offload)), lay.ep, lay.micro_batch, plan.total)
-
-    return min(fitting, key=key)
+# the search lives in memory_search.py; imported here so that `memory_plan` stays the one entry point
+from .memory_search import SEARCHED_SHARDING, candidate_layouts, suggest_layout  # noqa: E402,F401

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""The planner's suggestions as a markdown table (docs/launch.md "Suggested layouts"): three MoE recipes on
-8/16/64 GPUs of 40 and 80 GB, each with the layout `megatron-moe plan` suggests and its per-GPU memory.
+"""The planner's suggestions as a markdown table (docs/launch.md "Suggested layouts"): three MoE recipes (the
+examples/configs presets as they are) on 8/16/64 GPUs of 40 and 80 GB, each with the layout `megatron-moe plan`
+suggests (pipeline stages and their layer split when pp > 1) and its per-GPU memory (the largest stage).
 
     python tools/plan_table.py > /tmp/table.md
 
@@ -16,12 +17,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# an 8-expert MoE from LLaMA-2-70B's widths (hidden 8192, FFN 28672 = 8 x 3584, 80 layers, GQA 64/8 heads)
-BASE_70B = ["model.hidden_size=8192", "model.intermediate_size=28672", "model.num_layers=80", "model.num_heads=64",
-            "model.num_kv_heads=8", "moe.expert_ffn_size=3584"]
 RECIPES = [("LLaMA-MoE-3.5B (4/16)", "examples/configs/llama_moe_3.5b_4of16.yaml", []),
            ("LLaMA-3-8B, 8 experts top-2", "examples/configs/llama3_8b_moe_8e_top2.yaml", []),
-           ("70B base, 8 experts top-2", "examples/configs/llama3_8b_moe_8e_top2.yaml", BASE_70B)]
+           ("LLaMA-2-70B, 8 experts top-2 (global batch 1024)", "examples/configs/llama2_70b_moe_8e_top2_64gpu.yaml",
+            [])]
 
 
 def main() -> int:
@@ -43,7 +42,8 @@ def main() -> int:
                     print(f"| {name} | {gpus} | {mem} | nothing fits | |")
                     continue
                 lay = best.layout
-                desc = (f"tp={lay.tp}{'+sp' if lay.sp else ''} ep={lay.ep} {lay.sharding}"
+                stages = f" pp={lay.pp}" + (f" [{','.join(map(str, lay.pp_layout))}]" if lay.pp_layout else "")
+                desc = (f"tp={lay.tp}{'+sp' if lay.sp else ''}{stages if lay.pp > 1 else ''} ep={lay.ep} {lay.sharding}"
                         f"{'+offload' if lay.offload else ''}{' recompute' if lay.recompute else ''} "
                         f"micro_batch={lay.micro_batch}")
                 host = f" ({best.host / GIB:.1f})" if lay.offload else ""

@@ -4,9 +4,11 @@
     megatron-moe plan --config CONFIG.yaml --gpus 8 --gpu-mem 40 parallel.ep=8 train.recompute=true
 
 Exit status: 0 when the configured layout fits, 1 when it does not fit or is not a valid layout for --gpus (e.g.
-parallel.ep=8 on 4 GPUs); then the layouts for --gpus are searched (tp, ep, sharding mode, optimizer offload,
-recomputation, micro batch) and the preferred one that fits with 10% margin is printed with its overrides, if one
-exists. 2 on bad input (unreadable config, bad numbers). Formulas: megatron_moe/memory_plan.py, docs/launch.md.
+parallel.ep=8 on 4 GPUs); then the layouts for --gpus are searched (tp, pipeline stages pp with the even and the
+memory-balanced layer split, ep, sharding mode, optimizer offload, recomputation, micro batch) and the preferred
+one that fits with 10% margin is printed with its overrides, if one exists. With pp > 1 every stage is planned and
+the largest is shown. 2 on bad input (unreadable config, bad numbers). Formulas: megatron_moe/memory_plan.py,
+docs/launch.md.
 """
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ def add_arguments(p) -> None:
     p.add_argument("--config", required=True, help="training YAML config")
     p.add_argument("--gpus", type=int, required=True, help="world size (total GPUs)")
     p.add_argument("--gpu-mem", type=float, default=80.0, help="memory per GPU in GiB")
-    p.add_argument("--gpus-per-node", type=int, default=8, help="bounds tp and ep*etp in the search")
+    p.add_argument("--gpus-per-node", type=int, default=8,
+                   help="bounds tp and ep*etp in the search; zero2/fsdp over groups wider than a node rank after "
+                        "pipeline stages (pp)")
     p.add_argument("--overhead-gib", type=float, default=4.0, help="CUDA context, NCCL, fragmentation")
     p.add_argument("--a2a-imbalance", type=float, default=2.0, help="all-to-all receive headroom factor")
     add_json(p)
@@ -66,7 +70,7 @@ def main(args) -> int:
 
 def format_plan(cfg: Config, plan: MemoryPlan, gpu_mem_gib: float) -> str:
     """A human-readable table of `plan` (GiB per GPU)."""
-    from ..memory_plan import GIB, count_params
+    from ..memory_plan import GIB, count_params, micro_batches
 
     counts = count_params(cfg)
     rows = [
@@ -74,7 +78,18 @@ def format_plan(cfg: Config, plan: MemoryPlan, gpu_mem_gib: float) -> str:
         f"params: total {counts.total / 1e9:.3f}B, activated {counts.activated / 1e9:.3f}B; "
         f"per GPU dense {plan.local_dense_params / 1e9:.3f}B + experts {plan.local_expert_params / 1e9:.3f}B",
     ]
-    for name in ("weights", "grads", "optimizer", "activations", "a2a_buffers", "overhead"):
+    lay = plan.layout
+    if lay.pp > 1:
+        counts = lay.parallel().stage_layers(cfg.model.num_layers)
+        rows.append(f"pipeline: pp={lay.pp}, layers per stage {counts}, {micro_batches(cfg, lay)} micro-batches per "
+                    f"step (1F1B); per-stage totals "
+                    f"{', '.join(f'{total / GIB:.1f}' for total in plan.stage_totals)} GiB; the largest, stage "
+                    f"{plan.stage} ({counts[plan.stage]} layers"
+                    f"{', embedding' if plan.stage == 0 else ''}{', head' if plan.stage == lay.pp - 1 else ''}), "
+                    f"{min(lay.pp - plan.stage, micro_batches(cfg, lay))} micro-batches in flight:")
+    for name in ("weights", "grads", "optimizer", "activations", "a2a_buffers", "pp_buffers", "overhead"):
+        if name == "pp_buffers" and lay.pp == 1:
+            continue
         rows.append(f"  {name:<12} {getattr(plan, name) / GIB:8.2f} GiB")
     verdict = "fits" if plan.fits(gpu_mem_gib) else "does NOT fit"
     rows.append(f"  {'total':<12} {plan.total_gib:8.2f} GiB  -> {verdict} in {gpu_mem_gib:g} GiB")
@@ -90,6 +105,7 @@ def plan_fields(plan: MemoryPlan) -> dict:
     from ..memory_plan import GIB
 
     out = {k: v / GIB for k, v in dataclasses.asdict(plan).items() if isinstance(v, float)}
-    out.update(total=plan.total_gib, layout=dataclasses.asdict(plan.layout),
+    out.update(total=plan.total_gib, layout=dataclasses.asdict(plan.layout), stage=plan.stage,
+               stage_totals=[total / GIB for total in plan.stage_totals],
                local_dense_params=plan.local_dense_params, local_expert_params=plan.local_expert_params)
     return out

@@ -79,3 +79,28 @@ def test_family_presets_have_the_published_sizes(preset, total_b):
     cfg = Config(model=ModelConfig(**MODEL_PRESETS[preset]))
     cfg.model.validate()
     assert round(count_params(cfg).total / 1e9, 2) == total_b
+
+
+def test_llama2_70b_pipeline_recipe_validates_at_64_and_fits():
+    """LLaMA-2-70B's shape (8192 wide, FFN 28672 = 8 x 3584, 80 layers, GQA 64/8, vocabulary 32000), 8 experts
+    top-2, 4 pipeline stages: validates on 8 nodes x 8 GPUs and the planner puts it within 80 GB (with its 10%
+    margin); other world sizes that do not divide the batch are refused."""
+    from megatron_moe.config import ConfigError
+    from megatron_moe.memory_plan import GIB, layout_from_config, plan_memory
+
+    cfg = load_config(CONFIGS / "llama2_70b_moe_8e_top2_64gpu.yaml")
+    m, moe, p = cfg.model, cfg.moe, cfg.parallel
+    assert (m.hidden_size, m.intermediate_size, m.num_layers, m.num_heads, m.kv_heads, m.vocab_size) == \
+        (8192, 28672, 80, 64, 8, 32000)
+    assert (moe.num_experts, moe.top_k, moe.ffn_size(m), moe.scale) == (8, 2, 3584, 4.0)
+    assert moe.num_experts * moe.ffn_size(m) == m.intermediate_size
+    assert p.pp == 4 and sum(p.stage_layers(80)) == 80
+    cfg.validate(64)
+    plan = plan_memory(cfg, layout_from_config(cfg, 64))
+    assert plan.total <= 0.9 * 80 * GIB and len(plan.stage_totals) == 4
+    with pytest.raises(ConfigError):
+        cfg.validate(48)  # not divisible by ep*etp*pp = 32
+    counts = count_params(cfg)
+    routers = 80 * (8192 * 8 + 8 * 8 + 8192 * 8)   # mlp gate network + noise projection per layer
+    assert counts.total == 68_976_648_192 + routers  # LLaMA-2-70B's published 68,976,648,192 + the routers
+    assert counts.activated == counts.total - 80 * 6 * 3 * 8192 * 3584  # 6 of 8 experts idle per token
