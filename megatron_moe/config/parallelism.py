@@ -94,6 +94,8 @@ class ParallelConfig:
             if min(layout) < 1 or sum(layout) != L:
                 raise ConfigError(f"parallel.pp_layout={list(layout)} must give every stage at least one layer and "
                                   f"sum to model.num_layers={L} (it sums to {sum(layout)})")
+        elif self.pp > L:
+            raise ConfigError(f"parallel.pp={self.pp} exceeds model.num_layers={L} (every stage needs a layer)")
         elif L % self.pp:
             raise ConfigError(f"pp={self.pp} does not divide model.num_layers={L}; give the layers per stage "
                               f"with parallel.pp_layout (e.g. {_uneven_example(L, self.pp)})")

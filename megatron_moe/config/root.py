@@ -53,6 +53,12 @@ class Config:
         if self.train.global_batch_size % (self.train.micro_batch_size * dp):
             raise ConfigError(f"train.global_batch_size={self.train.global_batch_size} is not divisible by "
                               f"micro_batch_size*dp={self.train.micro_batch_size}*{dp}")
+        n_micro = self.train.global_batch_size // (self.train.micro_batch_size * dp)
+        if self.parallel.pp > 1 and n_micro < self.parallel.pp:
+            raise ConfigError(f"parallel.pp={self.parallel.pp} needs at least {self.parallel.pp} micro-batches per step "
+                              f"(the 1F1B schedule), but global_batch_size / (micro_batch_size*dp) = "
+                              f"{self.train.global_batch_size} / ({self.train.micro_batch_size}*{dp}) = {n_micro}; "
+                              f"raise train.global_batch_size or lower train.micro_batch_size")
         if self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
         if self.model.sliding_window and self.data.seq_len > self.model.sliding_window:

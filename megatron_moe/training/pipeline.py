@@ -72,11 +72,13 @@ class PipelineRunner:
 
     # ------------------------------------------------------------------------------------ schedules
     def _schedule(self, n_micro: int, micro: int, S: int, kind: str):
-        """One PipelineStage + Schedule1F1B per (micro-batches, shape, kind): a stage object holds per-micro-batch
-        buffers, so differently sized calls (training, validation) each get their own."""
+        """One PipelineStage + schedule per (micro-batches, shape, kind): a stage object holds per-micro-batch
+        buffers, so differently sized calls (training, validation) each get their own. Training runs 1F1B (which
+        needs at least pp micro-batches: Config.validate checks it); validation, forward only, runs GPipe, where
+        1F1B would be the same order of forwards and any number of micro-batches is allowed."""
         key = (n_micro, micro, S, kind)
         if key not in self.schedules:
-            from torch.distributed.pipelining import PipelineStage, Schedule1F1B
+            from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
             ps, cfg = self.ps, self.cfg
             S_l = S // ps.tp_size if ps.sp else S
@@ -87,7 +89,8 @@ class PipelineRunner:
             outputs = torch.empty(micro, S, V, dtype=torch.float32, **meta) if self.model.is_last else hidden
             stage = PipelineStage(self.module, ps.pp_rank, ps.pp_size, self.device, input_args=inputs,
                                   output_args=outputs, group=ps.pp_group)
-            self.schedules[key] = Schedule1F1B(stage, n_micro, loss_fn=self._loss, scale_grads=False)
+            kind_cls = Schedule1F1B if kind == "train" else ScheduleGPipe
+            self.schedules[key] = kind_cls(stage, n_micro, loss_fn=self._loss, scale_grads=False)
         return self.schedules[key]
 
     def _loss(self, logits_BSV: torch.Tensor, labels_BS: torch.Tensor) -> torch.Tensor:

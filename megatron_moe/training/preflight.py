@@ -131,7 +131,9 @@ def check_memory(cfg: Config, world_size: int) -> None:
     if need > MEMORY_MARGIN * have:
         raise ConfigError(f"this config needs about {need / GIB:.1f} GiB per rank (weights "
                           f"{plan.weights / GIB:.1f}, gradients {plan.grads / GIB:.1f}, optimizer "
-                          f"{plan.optimizer / GIB:.1f}, activations {plan.activations / GIB:.1f}), far more than "
+                          f"{plan.optimizer / GIB:.1f}, activations {plan.activations / GIB:.1f}"
+                          + (f", pipeline buffers {plan.pp_buffers / GIB:.1f}" if plan.pp_buffers else "")
+                          + "), far more than "
                           f"the {have / GIB:.1f} GiB of {where}; see `megatron-moe plan`")
 
 

@@ -77,6 +77,11 @@ def _domains(prefix):
 
 
 T = ("-m", "megatron_moe.train", "--config", "{cfg}", "logging.run_dir={out}")
+
+
+def _at_world(n: int) -> tuple:
+    """`train --check --world-size n`: the start-up checks of an n-rank job, in one process."""
+    return ("-m", "megatron_moe.train", "--check", "--world-size", str(n), "--config", "{cfg}", "logging.run_dir={out}")
 CASES = [
     # import
     ("import", ["--load", "{root}/nope", "--save", "{out}"], "no such checkpoint directory"),
@@ -126,6 +131,10 @@ CASES = [
     ("train", [*T, "parallel.etp=-1"], "parallel.etp=-1 must be >= 1"),
     ("train", [*T, "parallel.etp=0"], "parallel.etp=0 must be >= 1"),
     ("train", [*T, "moe.num_experts=-4"], "moe.num_experts=-4 must be >= 0"),
+    ("train", [*T, "parallel.pp=2"], "world size 1 is not divisible by tp*pp=1*2"),
+    ("train", [*_at_world(6), "parallel.pp=3"], "pp=3 exceeds model.num_layers=2"),
+    ("train", [*_at_world(4), "parallel.pp=2", "parallel.pp_layout=[2,1]"],
+     "must give every stage at least one layer and sum to model.num_layers=2 (it sums to 3)"),
     ("train", [*T, "checkpoint.save_interval=-1"], "checkpoint.save_interval=-1 must be >= 0"),
     ("train", [*T, "checkpoint.keep_last=-2"], "checkpoint.keep_last=-2 must be >= 0"),
     ("train", [*T, _domains("{root}/nothing_text_document")], "does not exist"),

@@ -139,3 +139,37 @@ def test_checkpoint_resumes_in_another_pipeline_layout(corpus, single, first, th
     res = spawn(_save_then_resume, 2, prefixes, root, first, then)
     assert res[0] == res[1]
     assert _close(res[0], single["global"]["steps"]), (res[0], single["global"]["steps"])
+
+
+@pytest.mark.parametrize("over,world,message", [
+    ({"pp": 0}, 1, "parallel.pp=0 must be >= 1"),
+    ({"pp": 3}, 3, "pp=3 does not divide model.num_layers=4; give the layers per stage with parallel.pp_layout "
+                   "(e.g. [2, 1, 1])"),
+    ({"pp": 2}, 3, "world size 3 is not divisible by tp*pp=1*2"),
+    ({"pp": 2, "ep": 4}, 4, "world size 4 is not divisible by ep*etp*pp=4*1*2"),
+    ({"pp": 2, "pp_layout": [4, 0]}, 2, "must give every stage at least one layer"),
+    ({"pp": 2, "pp_layout": [2]}, 2, "parallel.pp_layout=[2] must be a list of pp=2 layer counts"),
+    ({"pp": 2, "pp_layout": [2, "2"]}, 2, "must be a list of pp=2 layer counts"),
+    ({"pp": 4}, 4, "parallel.pp=4 needs at least 4 micro-batches per step"),
+    ({"pp": 2, "tie": True}, 2, "parallel.pp > 1 with model.tie_embeddings=true is not supported"),
+])
+def test_bad_pipeline_layouts_are_refused_in_one_line(corpus, over, world, message):
+    from megatron_moe.config import ConfigError
+
+    root, prefixes = corpus
+    cfg = _cfg(prefixes, root / "bad")
+    cfg.train.micro_batch_size = 2  # 2 micro-batches per step at dp = 1
+    cfg.model.tie_embeddings = over.pop("tie", False)
+    for k, v in over.items():
+        setattr(cfg.parallel, k, v)
+    with pytest.raises(ConfigError) as err:
+        cfg.validate(world)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_stage_ranges_cover_every_layer_once():
+    from megatron_moe.config import ParallelConfig
+
+    assert [list(ParallelConfig(pp=2).stage_range(4, s)) for s in range(2)] == [[0, 1], [2, 3]]
+    assert [list(ParallelConfig(pp=3, pp_layout=[1, 3, 2]).stage_range(6, s)) for s in range(3)] == \
+        [[0], [1, 2, 3], [4, 5]]
