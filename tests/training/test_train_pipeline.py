@@ -21,7 +21,7 @@ TOL = 1e-5
 
 def _cfg(prefixes, run_dir, scope="micro", **over):
     cfg = tiny_config(prefixes, run_dir, moe=True, train_steps=over.pop("train_steps", STEPS), micro_batch_size=1,
-                      global_batch_size=4, eval_interval=over.pop("eval_interval", 0), eval_iters=2, **over)
+                      global_batch_size=4, eval_interval=over.pop("eval_interval", 0), eval_iters=1, **over)
     cfg.model.num_layers = 4
     cfg.moe.router, cfg.moe.noisy_gate, cfg.moe.gate_network = "noisy_topk", True, "linear"
     cfg.moe.balance_scope, cfg.moe.aux_loss_coeff, cfg.moe.z_loss_coeff = scope, 0.05, 0.01
