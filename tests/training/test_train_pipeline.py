@@ -3,7 +3,9 @@
 A 4-layer MoE model with the noisy gate, router aux loss and z-loss, trained with 4 micro-batches per step
 (gradient accumulation): PP=2 on 2 gloo ranks gives the per-step losses, gradient norms (taken over both stages)
 and aux losses of one process to 1e-5, also with moe.balance_scope=global (the pre-pass runs through the pipeline)
-and with recompute; on 4 ranks PP=2 composes with EP=2 and with TP=2 + SP; an uneven layer layout ([1, 3]) gives
+and with recompute, and in bf16 (autocast keeps the fp32 residual stream at the boundary: one bf16 process's
+numbers); on 4 ranks PP=2 composes with EP=2, with TP=2 + SP, with ZeRO-1 and with FSDP2 (also bf16 FSDP2, whose
+boundary is bf16, against dp=4); an uneven layer layout ([1, 3]) gives
 the same function; a PP=2 checkpoint resumes in one process and a one-process checkpoint resumes at PP=2 with the
 losses of the uninterrupted run; validation losses agree. A wrong split (a stage skipping or repeating a layer,
 noise keyed per stage, a loss scaled per stage, a norm over one stage) fails these.
@@ -70,8 +72,10 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def single(corpus):
     root, prefixes = corpus
-    return {scope: _train(_cfg(prefixes, root / f"single_{scope}", scope, eval_interval=STEPS), ParallelState())
-            for scope in ("micro", "global")}
+    out = {scope: _train(_cfg(prefixes, root / f"single_{scope}", scope, eval_interval=STEPS), ParallelState())
+           for scope in ("micro", "global")}
+    out["bf16"] = _train(_cfg(prefixes, root / "single_bf16", precision="bf16"), ParallelState())
+    return out
 
 
 @pytest.mark.dist
@@ -80,7 +84,8 @@ def test_pp2_matches_one_process(corpus, single):
     runs = [("pp2", {"parallel": {"pp": 2}, "cfg": {"eval_interval": STEPS}}),
             ("pp2_global", {"parallel": {"pp": 2}, "cfg": {"scope": "global"}}),
             ("pp2_recompute", {"parallel": {"pp": 2}, "recompute": True}),
-            ("pp2_uneven", {"parallel": {"pp": 2, "pp_layout": [1, 3]}})]
+            ("pp2_uneven", {"parallel": {"pp": 2, "pp_layout": [1, 3]}}),
+            ("pp2_bf16", {"parallel": {"pp": 2}, "cfg": {"precision": "bf16"}})]
     res = spawn(_pipelined, 2, prefixes, root, runs)
     ref, ref_global = single["micro"]["steps"], single["global"]["steps"]
     assert ref[0][2] > 0 and min(r[0] for r in ref) < ref[0][0]  # the aux loss is on and the model learns
@@ -88,6 +93,9 @@ def test_pp2_matches_one_process(corpus, single):
         assert res[0][name]["steps"] == res[1][name]["steps"], name  # every stage logs the same record
         assert _close(res[0][name]["steps"], ref), (name, res[0][name]["steps"], ref)
     assert _close(res[0]["pp2_global"]["steps"], ref_global), (res[0]["pp2_global"]["steps"], ref_global)
+    # bf16 autocast keeps the residual stream (the stage boundary) in fp32: one bf16 process's numbers
+    bf16, ref_bf16 = res[0]["pp2_bf16"]["steps"], single["bf16"]["steps"]
+    assert _close(bf16, ref_bf16) and not _close(bf16, ref), (bf16, ref_bf16)
     # the last step's per-layer loads come from both stages
     assert res[0]["pp2"]["load"].keys() == single["micro"]["load"].keys() and len(res[0]["pp2"]["load"]) == 4
     for k, v in single["micro"]["valid"].items():
@@ -102,14 +110,20 @@ def test_pp2_composes_with_ep_tp_sp_and_sharding(corpus, single):
     runs = [("pp2ep2", {"parallel": {"pp": 2, "ep": 2}}),
             ("pp2tp2sp", {"parallel": {"pp": 2, "tp": 2, "sp": True}}),
             ("pp2zero1", {"parallel": {"pp": 2}, "cfg": {"sharding": "zero1"}}),
-            ("pp2fsdp", {"parallel": {"pp": 2}, "cfg": {"sharding": "fsdp"}})]
+            ("pp2fsdp", {"parallel": {"pp": 2}, "cfg": {"sharding": "fsdp"}}),
+            # bf16: FSDP2's bf16 compute weights make the stage boundary bf16; against dp=4 with the same weights
+            ("pp2fsdp_bf16", {"parallel": {"pp": 2}, "cfg": {"sharding": "fsdp", "precision": "bf16"}}),
+            ("dp4fsdp_bf16", {"cfg": {"sharding": "fsdp", "precision": "bf16"}})]
     for _, run in runs:
         run.setdefault("cfg", {})["scope"] = "global"
     res = spawn(_pipelined, 4, prefixes, root, runs, timeout=480)
     ref = single["global"]["steps"]
     for name, _ in runs:
         assert all(r[name]["steps"] == res[0][name]["steps"] for r in res), name
-        assert _close(res[0][name]["steps"], ref), (name, res[0][name]["steps"], ref)
+        if "bf16" not in name:
+            assert _close(res[0][name]["steps"], ref), (name, res[0][name]["steps"], ref)
+    bf16, ref_bf16 = res[0]["pp2fsdp_bf16"]["steps"], res[0]["dp4fsdp_bf16"]["steps"]
+    assert _close(bf16, ref_bf16) and not _close(bf16, ref), (bf16, ref_bf16, ref)
 
 
 def _save_then_resume(rank, world, prefixes, root, pp_first, pp_then):
