@@ -187,3 +187,33 @@ def test_stage_ranges_cover_every_layer_once():
     assert [list(ParallelConfig(pp=2).stage_range(4, s)) for s in range(2)] == [[0, 1], [2, 3]]
     assert [list(ParallelConfig(pp=3, pp_layout=[1, 3, 2]).stage_range(6, s)) for s in range(3)] == \
         [[0], [1, 2, 3], [4, 5]]
+
+
+def _nan_step(rank, world, prefixes, root):
+    import torch
+
+    from megatron_moe.parallel import init_parallel
+
+    cfg = _cfg(prefixes, root / "nan")
+    cfg.parallel.pp = 2
+    trainer = build_trainer(prepared(cfg, world), init_parallel(cfg.parallel))
+    trainer.train(until=1)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    model = trainer.model
+    if model.is_last:  # the last stage's logits go non-finite: what a diverging step produces
+        model.head = lambda x, real=model.head: real(x) * float("nan")
+    poisoned = trainer.train_step()
+    model.__dict__.pop("head", None)
+    unchanged = all(torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
+    recovered = trainer.train_step()
+    trainer.close()
+    return {"skipped": poisoned["skipped"], "unchanged": unchanged, "recovered": not recovered["skipped"],
+            "params": len(before)}
+
+
+@pytest.mark.dist
+def test_nan_on_the_last_stage_skips_the_step_on_every_stage(corpus):
+    root, prefixes = corpus
+    res = spawn(_nan_step, 2, prefixes, root)
+    for r in res:
+        assert r["skipped"] and r["unchanged"] and r["recovered"] and r["params"] > 0, res
