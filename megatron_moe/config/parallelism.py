@@ -58,11 +58,12 @@ class ParallelConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"parallel.{name}={v} must be >= 1" + (" (or null for 1)" if name == "etp" else ""))
+        pp = f"*pp={self.tp}*{self.pp}" if self.pp > 1 else f"={self.tp}"
         if world_size % (self.tp * self.pp):
-            raise ConfigError(f"world size {world_size} is not divisible by tp*pp={self.tp}*{self.pp}")
+            raise ConfigError(f"world size {world_size} is not divisible by tp{pp}")
+        pp = f"*pp={self.ep}*{self.expert_tp}*{self.pp}" if self.pp > 1 else f"={self.ep}*{self.expert_tp}"
         if world_size % (self.ep * self.expert_tp * self.pp):
-            raise ConfigError(f"world size {world_size} is not divisible by ep*etp*pp="
-                              f"{self.ep}*{self.expert_tp}*{self.pp}")
+            raise ConfigError(f"world size {world_size} is not divisible by ep*etp{pp}")
         self._validate_pipeline(model)
         if model.num_heads % self.tp:
             raise ConfigError(f"tp={self.tp} does not divide num_heads={model.num_heads}")

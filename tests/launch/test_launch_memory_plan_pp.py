@@ -75,7 +75,7 @@ def test_activations_in_flight_by_hand():
 
 def test_too_few_micro_batches_for_1f1b_is_refused():
     cfg = _dense(global_batch_size=4)  # dp = 2: 2 micro-batches per step, fewer than 4 stages
-    with pytest.raises(MemoryPlanError, match="1F1B needs at least pp=4 micro-batches per step"):
+    with pytest.raises(MemoryPlanError, match="parallel.pp=4 needs at least 4 micro-batches per step"):
         plan_memory(cfg, Layout(8, pp=4))
 
 
