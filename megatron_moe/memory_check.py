@@ -11,10 +11,15 @@ a shrunk vocabulary and short sequences, so the parameter terms dominate as they
   grads        max Gradient, or Gradient + the all-reduce bucket (zero1), or Gradient + Temp (FSDP2), see
                `_measured`; planned: grads (+ all-to-all buffers under FSDP2, also Temp)
   optimizer    Optstate after the last step (AdamW m, v); planned: optimizer minus master weights
-  activations  max Activation outside sync_grads; planned: activations. Not validated: under FSDP2 it also holds
-               the all-gather buffers (docs/launch.md "Planner check")
-torch's FSDPMemTracker, which tells FSDP2's buffers apart, does not follow units entered through registered
-forward methods (our model.loss, the experts' row methods) and fails in backward, so the plain MemTracker is used.
+  activations  max Activation outside sync_grads and FSDP2's all-gather; planned: `activation_bytes` with the
+               rows this rank's experts received in each measured micro-batch (recorded from the dispatch), the
+               largest (the planner itself assumes balanced routing)
+FSDP2: MemTracker files a module's parameters when its forward starts and everything else made in forward as
+Activation. The check files the gathered parameters as Parameter the moment FSDP2 writes them (the experts,
+entered through registered methods, start no forward) and FSDP2's flat all-gather buffers as Other (reported as
+`fsdp_buffers`, not planned: one unit's worth, freed after the next unit's copy-out). torch's FSDPMemTracker,
+which tells FSDP2's buffers apart, does not follow units entered through registered forward methods (our
+model.loss, the experts' row methods) and fails in backward, so the plain MemTracker is used.
 Measured after a warm-up step, so the AdamW state exists.
 """
 from __future__ import annotations
