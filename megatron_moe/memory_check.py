@@ -11,10 +11,15 @@ a shrunk vocabulary and short sequences, so the parameter terms dominate as they
   grads        max Gradient, or Gradient + the all-reduce bucket (zero1), or Gradient + Temp (FSDP2), see
                `_measured`; planned: grads (+ all-to-all buffers under FSDP2, also Temp)
   optimizer    Optstate after the last step (AdamW m, v); planned: optimizer minus master weights
-  activations  max Activation outside sync_grads; planned: activations. Not validated: under FSDP2 it also holds
-               the all-gather buffers (docs/launch.md "Planner check")
-torch's FSDPMemTracker, which tells FSDP2's buffers apart, does not follow units entered through registered
-forward methods (our model.loss, the experts' row methods) and fails in backward, so the plain MemTracker is used.
+  activations  max Activation outside sync_grads and FSDP2's all-gather; planned: `activation_bytes` with the
+               rows this rank's experts received in each measured micro-batch (recorded from the dispatch), the
+               largest (the planner itself assumes balanced routing)
+FSDP2: MemTracker files a module's parameters when its forward starts and everything else made in forward as
+Activation. The check files the gathered parameters as Parameter the moment FSDP2 writes them (the experts,
+entered through registered methods, start no forward) and FSDP2's flat all-gather buffers as Other (reported as
+`fsdp_buffers`, not planned: one unit's worth, freed after the next unit's copy-out). torch's FSDPMemTracker,
+which tells FSDP2's buffers apart, does not follow units entered through registered forward methods (our
+model.loss, the experts' row methods) and fails in backward, so the plain MemTracker is used.
 Measured after a warm-up step, so the AdamW state exists.
 """
 from __future__ import annotations
@@ -76,6 +81,7 @@ def _max_tracker():
             super().__init__()
             self.maxima: dict = {}
             self.in_sync = False  # set around training/grads.sync_grads
+            self.in_gather = False  # set inside FSDP2's all-gather, until its buffer is filed as Other
 
         def _update_snap(self, *args, **kwargs):  # every allocation, free and re-categorisation passes here
             super()._update_snap(*args, **kwargs)
@@ -83,9 +89,11 @@ def _max_tracker():
                 top = self.maxima.setdefault(dev, {})
                 grad, act, temp = (cats.get(_ref(k), 0) for k in ("GRAD", "ACT", "TEMP"))
                 for k, v in cats.items():
-                    if v > top.get(k, 0) and not (self.in_sync and k == _ref("ACT")):
+                    if v > top.get(k, 0):
                         top[k] = v
                 top["grads+temp"] = max(top.get("grads+temp", 0), grad + temp)
+                if not (self.in_sync or self.in_gather):
+                    top["activations"] = max(top.get("activations", 0), act)
                 if self.in_sync:  # MemTracker files the flat all-reduce bucket as Activation
                     top["grads+sync"] = max(top.get("grads+sync", 0), grad + act)
 
@@ -112,20 +120,80 @@ def _measured(maxima: dict, fsdp: bool) -> dict:
     (top,) = [v for d, v in maxima.items() if torch.device(d).type == "cpu"]
     grads = top["grads+temp"] if fsdp else max(top.get("Gradient", 0), top.get("grads+sync", 0))
     return {"params": top.get("Parameter", 0), "grads": grads,
-            "optimizer": top.get("Optstate", 0), "activations": top.get("Activation", 0),
-            "temp": top.get("Temp", 0), "total": top.get("Total", 0)}
+            "optimizer": top.get("Optstate", 0), "activations": top.get("activations", 0),
+            "fsdp_buffers": top.get("Other", 0), "temp": top.get("Temp", 0), "total": top.get("Total", 0)}
 
 
-def _planned(cfg: Config, world: int) -> dict:
-    from .memory_plan import layout_from_config, plan_memory
+def _planned(cfg: Config, world: int, rows: list) -> dict:
+    """The plan's figures in the measured categories; activations with the expert rows this rank received in
+    each measured micro-batch (`rows`: one list per micro-batch, one count per MoE layer), the largest."""
+    from .memory_plan import activation_bytes, layout_from_config, plan_memory
 
+    layout = layout_from_config(cfg, world)
     # gloo on CPU runs each all-gather before the compute that needs it: no prefetched second layer
-    plan = plan_memory(cfg, layout_from_config(cfg, world), overhead_gib=0.0, gathered_layers=1)
+    plan = plan_memory(cfg, layout, overhead_gib=0.0, gathered_layers=1)
     master = plan.master_weights
     fsdp = cfg.train.sharding in ("zero2", "fsdp")
+    acts = max(activation_bytes(cfg, layout, 0, rows=r) for r in rows)
     return {"params": plan.weights + master, "grads": plan.grads + (plan.a2a_buffers if fsdp else 0.0),
-            "optimizer": plan.optimizer - master, "activations": plan.activations, "temp": plan.a2a_buffers,
-            "total": plan.total}
+            "optimizer": plan.optimizer - master, "activations": acts, "balanced_activations": plan.activations,
+            "temp": plan.a2a_buffers, "total": plan.total}
+
+
+def _record_rows(model, rows: list) -> None:
+    """Append, per forward of the model, the rows each MoE layer's dispatch delivers to this rank's experts."""
+    layers = model.moe_layers()
+    for i, layer in enumerate(layers):
+        dispatcher = layer.dispatcher
+
+        def dispatch(*args, _orig=dispatcher.dispatch, _i=i, **kwargs):
+            out = _orig(*args, **kwargs)
+            if _i == 0:
+                rows.append([])
+            rows[-1].append(sum(out[2].counts_e))
+            return out
+
+        dispatcher.dispatch = dispatch
+
+
+def _file_all_gather_buffers(tracker, model) -> None:
+    """File FSDP2's flat all-gather buffers (one unit's parameters from every rank, freed after the next unit's
+    copy-out) under MemTracker's Other, and the gathered parameters under Parameter as soon as the copy-out
+    writes them: MemTracker would file both as Activation (it registers a module's parameters when its forward
+    starts; the experts, entered through registered methods, never start one, and their gathered copy over a
+    group of one is made by a copy_)."""
+    from torch.distributed.fsdp._fully_shard import _fsdp_param_group as group
+
+    gather = group.foreach_all_gather
+
+    def filed(*args, **kwargs):
+        tracker.in_gather = True  # the buffer is allocated in there, as Activation
+        try:
+            result = gather(*args, **kwargs)
+            if result is not None:
+                tracker._update_and_maybe_create_winfos(result.all_gather_output, _ref("OTH"))
+        finally:
+            tracker.in_gather = False
+        return result
+
+    group.foreach_all_gather = filed
+    wait = group.FSDPParamGroup.wait_for_unshard
+
+    def gathered(self, *args, **kwargs):  # the gathered parameters are parameters from the moment they exist
+        out = wait(self, *args, **kwargs)
+        for fsdp_param in self.fsdp_params:
+            for t in fsdp_param.all_gather_outputs:
+                tracker._update_and_maybe_create_winfos(t, _ref("PARAM"))
+        return out
+
+    group.FSDPParamGroup.wait_for_unshard = gathered
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():  # the copy-out writes into buffers made in the warm-up step: file them now
+        param_group = module._get_fsdp_state()._fsdp_param_group if isinstance(module, FSDPModule) else None
+        for fsdp_param in param_group.fsdp_params if param_group else ():
+            for t in fsdp_param.all_gather_outputs:
+                tracker._update_and_maybe_create_winfos(t, _ref("PARAM"))
 
 
 def _rank(rank: int, world: int, root: str, prefixes: dict, sharding: str, ep: int, steps: int, port: int,
@@ -155,6 +223,9 @@ def _rank(rank: int, world: int, root: str, prefixes: dict, sharding: str, ep: i
             tracker.in_sync = False
 
     trainer_module.sync_grads = tagged_sync
+    rows: list = []
+    _record_rows(trainer.model, rows)
+    _file_all_gather_buffers(tracker, trainer.model)
     with tracker:
         for _ in range(steps):
             tracker.reset_mod_stats()  # per-module stats are per iteration; the peak snapshot is kept
@@ -166,7 +237,8 @@ def _rank(rank: int, world: int, root: str, prefixes: dict, sharding: str, ep: i
     (now,) = [v for d, v in _plain(tracker.get_tracker_snapshot()).items() if torch.device(d).type == "cpu"]
     measured["optimizer"] = now.get("Optstate", 0)
     row = {"sharding": sharding, "ep": ep, "rank": rank, "measured": measured,
-           "planned": _planned(cfg, world), "raw": maxima}
+           "planned": _planned(cfg, world, rows), "rows": rows,
+           "raw": maxima}
     trainer.close()
     destroy_parallel()
     (Path(out) / f"{sharding}_ep{ep}_rank{rank}.json").write_text(json.dumps(row))

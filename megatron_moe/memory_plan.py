@@ -23,7 +23,7 @@ Model state per parameter (Megatron mixed precision): bf16 = weight 2 + fp32 gra
             edp > 1: training/grads.py), optimizer master + Adam (12 bf16, 8 fp32)
     zero1   as none, optimizer / s: bf16 costs 6 + 12/s bytes per parameter (Megatron's distributed optimizer)
     zero2   FSDP2, gathered weights kept from forward to backward: weights w (all layers gathered at the peak;
-            in fp32 a unit over a group of one, e.g. experts at edp = 1, computes with its shard: no copy),
+            also a unit over a group of one, e.g. experts at edp = 1, computes with a copy of its shard),
             grads 4/s + one unit's unsharded gradient (w + 4 bytes per parameter of the largest unit: the
             compute-dtype gradient and its fp32 copy for the reduce-scatter), optimizer 12/s (the sharded fp32
             parameter is the master weight, + Adam m, v)
@@ -285,23 +285,57 @@ def _act_bytes(cfg: Config) -> int:
     return 4 if cfg.train.precision == "fp32" else 2  # auto means bf16 on the GPUs this plans for
 
 
-def layer_activation_bytes(cfg: Config, layout: Layout, moe_layer: bool) -> float:
-    """Bytes one decoder layer keeps for backward, one micro-batch, no recomputation (module docstring)."""
+def _norm_bytes(cfg: Config, layout: Layout) -> float:
+    """What one eager RMSNorm (model/layers.py) keeps for backward: the fp32 copy of its input (the input itself
+    in fp32) and the normalized x in the compute dtype, [B, S/σ, D] each."""
+    sigma = layout.tp if layout.sp else 1
+    return (4 + _act_bytes(cfg)) * cfg.data.seq_len * layout.micro_batch * cfg.model.hidden_size / sigma
+
+
+def routed_rows(cfg: Config, layout: Layout) -> float:
+    """P: the (token, expert) rows one rank sends to the experts per MoE layer, T_r*K*etp (its tokens' top-k
+    choices, gathered over ETP); balanced routing delivers as many to each rank's experts."""
+    sigma = layout.tp if layout.sp else 1
+    return cfg.data.seq_len * layout.micro_batch / sigma * cfg.moe.top_k * layout.etp
+
+
+def layer_activation_bytes(cfg: Config, layout: Layout, moe_layer: bool, rows: Optional[float] = None) -> float:
+    """Bytes one decoder layer keeps for backward, one micro-batch, no recomputation (module docstring); `rows`:
+    the rows this rank's experts receive (default: balanced routing, `routed_rows`)."""
     m, moe = cfg.model, cfg.moe
     a, D, t = _act_bytes(cfg), m.hidden_size, layout.tp
     sigma = t if layout.sp else 1
     T = cfg.data.seq_len * layout.micro_batch
     kv = m.kv_heads * m.head_width
     q = m.num_heads * m.head_width
-    attn = a * T * D / sigma + a * T * D + a * T * (q + 2 * kv) / t + a * T * q / t + 4 * T * m.num_heads / t
-    mlp = a * T * D / sigma
+    norm = _norm_bytes(cfg, layout)
+    attn = norm + a * T * D + a * T * (q + 2 * kv) / t + a * T * q / t + 4 * T * m.num_heads / t
+    mlp = norm
     if moe_layer:
-        Tr, K, F = T / sigma, moe.top_k, moe.ffn_size(m)
-        mlp += (a * Tr * D + 16 * Tr * moe.num_experts + a * Tr * K * layout.etp * D + 4 * a * Tr * K * F
-                + a * Tr * K * D + 4 * a * Tr * _shared_ffn(cfg))
+        Tr, E = T / sigma, moe.num_experts
+        P = routed_rows(cfg, layout)
+        R = P if rows is None else rows
+        F_l = moe.ffn_size(m) / layout.etp
+        returned = a * P * D if layout.ep > 1 else 0.0  # the all-to-all's returned rows, kept by index_add
+        mlp += (4 * Tr * D + 16 * Tr * E + 2 * a * R * D + 2 * a * R * F_l + returned)
+        if moe.num_shared_experts:
+            shared_in = 0.0 if (a == 4 and sigma == 1) else a * T * D  # fp32 without SP: the router's input
+            mlp += shared_in + 4 * a * T * _shared_ffn(cfg) / t
     else:
         mlp += a * T * D + 4 * a * T * m.intermediate_size / t
     return attn + mlp
+
+
+def moe_transient_bytes(cfg: Config, layout: Layout, rows: Optional[float] = None) -> float:
+    """The largest forward temporary of an MoE layer beyond what it keeps: under EP the combine writes the
+    expert output into a new [R, D] buffer (a copy and the buffer it fills, 2*a*R*D) before the returned rows
+    (a*P*D) exist; without EP the combine's zero [T_r, D] sum and its result."""
+    a, D = _act_bytes(cfg), cfg.model.hidden_size
+    P = routed_rows(cfg, layout)
+    R = P if rows is None else rows
+    if layout.ep > 1:
+        return 2 * a * R * D - a * P * D
+    return 2 * a * P / cfg.moe.top_k * D
 
 
 def micro_batches(cfg: Config, layout: Layout) -> int:
@@ -315,24 +349,32 @@ def _boundary_bytes(cfg: Config, layout: Layout) -> float:
     return _act_bytes(cfg) * cfg.data.seq_len * layout.micro_batch * cfg.model.hidden_size / sigma
 
 
-def activation_bytes(cfg: Config, layout: Layout, stage: int = 0) -> float:
-    """Activation bytes of pipeline stage `stage` at the peak of backward: its in-flight micro-batches (one
-    without pipeline parallelism)."""
+def activation_bytes(cfg: Config, layout: Layout, stage: int = 0,
+                     rows: Optional[list] = None) -> float:
+    """Activation bytes of pipeline stage `stage` at its peak in forward: its in-flight micro-batches (one
+    without pipeline parallelism) and the largest temporary on top (the logits turned into the loss on the last
+    stage, an MoE layer's combine). `rows`: the rows this rank's experts receive in each MoE layer of the stage,
+    in order (default: balanced routing)."""
     m = cfg.model
     a, D, t = _act_bytes(cfg), m.hidden_size, layout.tp
     sigma = t if layout.sp else 1
     T = cfg.data.seq_len * layout.micro_batch
     n_moe, n_dense = stage_kinds(cfg, layout, stage)
+    rows = list(rows) if rows is not None else [None] * n_moe
+    if len(rows) != n_moe:
+        raise ValueError(f"activation_bytes: {len(rows)} row counts for {n_moe} MoE layers")
     in_flight = min(layout.pp - stage, micro_batches(cfg, layout))  # 1F1B
-    if stage == layout.pp - 1:  # final norm, head input, logits
-        ends = a * T * D / sigma + a * T * D + (a + 8) * T * m.vocab_size / t
+    peak = max((moe_transient_bytes(cfg, layout, r) for r in rows), default=0.0)
+    if stage == layout.pp - 1:  # final norm, head input; the logits, their fp32 copy and log-softmax
+        ends = _norm_bytes(cfg, layout) + a * T * D
+        peak = max(peak, (a + 4 + (4 if a != 4 else 0)) * T * m.vocab_size / t)
     else:  # the stage output, kept for its backward
         ends = _boundary_bytes(cfg, layout)
-    per_moe = layer_activation_bytes(cfg, layout, True) if n_moe else 0.0
+    per_moe = [layer_activation_bytes(cfg, layout, True, r) for r in rows]
     per_dense = layer_activation_bytes(cfg, layout, False) if n_dense else 0.0
     if layout.recompute:
-        return in_flight * (ends + (n_moe + n_dense) * a * T * D / sigma) + max(per_moe, per_dense)
-    return in_flight * (ends + n_moe * per_moe + n_dense * per_dense)
+        return in_flight * (ends + (n_moe + n_dense) * a * T * D / sigma) + max(per_moe + [per_dense]) + peak
+    return in_flight * (ends + sum(per_moe) + n_dense * per_dense) + peak
 
 
 def pipeline_buffer_bytes(cfg: Config, layout: Layout, stage: int = 0) -> float:
@@ -412,13 +454,11 @@ def stage_plan(cfg: Config, layout: Layout, stage: int = 0, *, overhead_gib: flo
         optimizer, master_weights = (master + adam) * held, master * held
     else:  # FSDP2: the sharded fp32 parameter is the master weight
         root, unit_dense, unit_expert = fsdp_units(cfg, layout, stage)
-        # in fp32 a unit over a group of one computes with its sharded parameter itself: no gathered copy
-        own_d = 0 if (w == 4 and layout.dp == 1) else 1
-        own_e = 0 if (w == 4 and layout.edp == 1) else 1
+        # every unit computes with a gathered copy, also over a group of one (torch 2.13 copies the shard)
         if layout.sharding == "zero2":
-            weights = w * (own_d * dense + own_e * expert)
+            weights = w * (dense + expert)
         else:
-            weights = w * (own_d * (root + gathered_layers * unit_dense) + own_e * gathered_layers * unit_expert)
+            weights = w * (root + gathered_layers * (unit_dense + unit_expert))
         unit = max(root, unit_dense + unit_expert)
         grads, optimizer = (w + 4 if w != 4 else 4) * unit, 0.0  # fp32: no cast for the reduce
         master_weights = 0.0

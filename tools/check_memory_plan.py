@@ -25,7 +25,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--modes", default="zero1,zero2,fsdp", help="comma-separated train.sharding modes")
     p.add_argument("--tolerance", type=float, default=0.10, help="allowed |measured / planned - 1|")
-    p.add_argument("--compare", default="params,grads,optimizer", help="categories that decide the exit status")
+    p.add_argument("--compare", default=",".join(CATEGORIES), help="categories that decide the exit status")
     args = p.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     compare = [c for c in args.compare.split(",") if c]

@@ -49,18 +49,21 @@ def test_plan_3p0b_on_112_gpus_by_hand():
     assert plan.grads == 4 * (dense + expert) + 4 * 2 ** 25  # + one flat fp32 all-reduce bucket (grads.py)
     assert plan.optimizer == pytest.approx(12 * (dense / 112 + expert / 14))   # dp = 112, edp = 112 / 8
     T = 4096 * 2
-    attn = 2 * T * 4096 + 2 * T * 4096 + 2 * T * (4096 + 2 * 4096) + 2 * T * 4096 + 4 * T * 32   # T * 49_280
-    moe = (2 * T * 4096 + 2 * T * 4096 + 16 * T * 16 + 2 * T * 2 * 4096 + 4 * 2 * T * 2 * 688
-           + 2 * T * 2 * 4096)                                                                     # T * 60_416
-    outside = 2 * T * 4096 + 2 * T * 4096 + 10 * T * 32000                                        # T * 336_384
-    assert attn + moe == T * 109_696
-    assert plan.activations == outside + 32 * (attn + moe) == 31_511_805_952  # 29.35 GiB
+    # eager RMSNorm keeps an fp32 copy of its input and the bf16 normalized x: 6*T*D per norm
+    attn = 6 * T * 4096 + 2 * T * 4096 + 2 * T * (4096 + 2 * 4096) + 2 * T * 4096 + 4 * T * 32   # T * 65_664
+    R = 2 * T  # balanced routing: each rank's experts receive T*K rows, and it sends T*K
+    moe = (6 * T * 4096 + 4 * T * 4096 + 16 * T * 16 + 2 * 2 * R * 4096 + 2 * 2 * R * 688
+           + 2 * R * 4096)  # norm, router's fp32 input, expert input + output, w1/w3 out, rows sent back
+    ends = 6 * T * 4096 + 2 * T * 4096                                     # final norm, head input
+    peak = max(10 * T * 32000, 2 * 2 * R * 4096 - 2 * R * 4096)  # logits in bf16 + fp32 + log-softmax
+    assert attn + moe == T * 161_536
+    assert plan.activations == ends + peak + 32 * (attn + moe) == 45_235_568_640  # 42.13 GiB
     assert plan.a2a_buffers == 2 * 2 * T * 2 * 4096 * 2.0 == 512 * 2 ** 20
     assert plan.overhead == 4 * GIB
-    expected_total = (6 * (dense + expert) + 4 * 2 ** 25 + 12 * (dense / 112 + expert / 14) + 31_511_805_952
+    expected_total = (6 * (dense + expert) + 4 * 2 ** 25 + 12 * (dense / 112 + expert / 14) + 45_235_568_640
                       + 512 * 2 ** 20 + 4 * GIB)
     assert plan.total == pytest.approx(expected_total)
-    assert 50.5 < plan.total_gib < 51.5 and plan.fits(80)
+    assert 63.5 < plan.total_gib < 64.5 and plan.fits(80)
 
 
 def test_plan_4of16_tp2_sp_recompute_by_hand():
@@ -72,10 +75,11 @@ def test_plan_4of16_tp2_sp_recompute_by_hand():
     assert (plan.local_dense_params, plan.local_expert_params) == (dense, expert)
     assert plan.optimizer == pytest.approx(12 * (dense / 8 + expert / 4))   # dp = 16 / 2, edp = 16 / 4
     T, Tr = 4096, 4096 // 2
-    attn = 2 * T * 4096 / 2 + 2 * T * 4096 + 2 * T * (3 * 4096) / 2 + 2 * T * 4096 / 2 + 4 * T * 32 / 2
-    moe = (2 * T * 4096 / 2 + 2 * Tr * 4096 + 16 * Tr * 16 + 2 * Tr * 4 * 4096 + 4 * 2 * Tr * 4 * 688
-           + 2 * Tr * 4 * 4096)
-    outside = 2 * T * 4096 / 2 + 2 * T * 4096 + 10 * T * 32000 / 2
+    attn = 6 * T * 4096 / 2 + 2 * T * 4096 + 2 * T * (3 * 4096) / 2 + 2 * T * 4096 / 2 + 4 * T * 32 / 2
+    R = Tr * 4
+    moe = (6 * T * 4096 / 2 + 4 * Tr * 4096 + 16 * Tr * 16 + 2 * 2 * R * 4096 + 2 * 2 * R * 688
+           + 2 * R * 4096)
+    outside = 6 * T * 4096 / 2 + 2 * T * 4096 + max(10 * T * 32000 / 2, 2 * 2 * R * 4096 - 2 * R * 4096)
     kept_inputs = 32 * 2 * T * 4096 / 2
     assert plan.activations == pytest.approx(outside + kept_inputs + attn + moe)
     assert plan.a2a_buffers == 2 * 2 * Tr * 4 * 4096 * 2.0

@@ -55,11 +55,12 @@ def test_activations_in_flight_by_hand():
     cfg = _dense()
     layout = Layout(8, sharding="none", pp=4)  # dp = 8 / 4 = 2
     a, T = 2, S
-    per_layer = (a * T * (D + D + 3 * D + D) + 4 * T * H      # attention: norm in, qkv in, q k v, attention out, lse
-                 + a * T * D + a * T * D + 4 * a * T * FF)    # mlp norm in, MLP input, w1 out, silu, w3 out, product
-    assert per_layer == 25_182_208
+    norm = (4 + a) * T * D                                    # eager RMSNorm: fp32 copy of its input + normalized x
+    per_layer = (norm + a * T * (D + 3 * D + D) + 4 * T * H  # attention: norm, qkv in, q k v, attention out, lse
+                 + norm + a * T * D + 4 * a * T * FF)       # mlp norm, MLP input, w1 out, silu, w3 out, product
+    assert per_layer == 29_376_512
     b = a * T * D                                            # one stage-boundary activation: 1 MiB
-    logits = a * T * D + a * T * D + (a + 8) * T * V          # final norm in, head input, logits (+ fp32 copy)
+    logits = norm + a * T * D + (a + 8) * T * V               # final norm, head input, logits, fp32 copy, log-softmax
     expected_act = [4 * (2 * per_layer + b), 3 * (2 * per_layer + b), 2 * (2 * per_layer + b), 2 * per_layer + logits]
     expected_buf = [8 * b, 8 * 3 * b, 8 * 3 * b, 8 * 2 * b]
     from megatron_moe.memory_plan import activation_bytes, micro_batches, pipeline_buffer_bytes
