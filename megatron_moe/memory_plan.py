@@ -54,7 +54,8 @@ Pipeline parallelism (p = pp stages, parallel.pp_layout or the even split; megat
   with the largest total (`stage`, `stage_totals`). Stage s holds its decoder layers' parameters; stage 0 also the
   embedding V*D/t, the last stage the final norm D and the head V*D/t (untied: pp > 1 refuses tied embeddings);
   weights, grads and optimizer state follow the sharding rules above with that stage's parameters (the groups are
-  within a stage). Activations, 1F1B: stage s holds m_s = min(p - s, N) micro-batches in flight (stage 0 the most),
+  within a stage). Activations, 1F1B: stage s holds m_s = min(p - s, N) micro-batches in flight (stage 0 the most;
+  a flush of parallel.pp_flush >= p micro-batches does not change that),
   each with its layers' activations plus, on the last stage, the `outside` terms (logits of one micro-batch: m = 1
   there) and, on the others, the stage output kept for backward, b = a*T*D/σ; with full recomputation m_s * (its
   layers' inputs + those ends) + one layer's activations. Boundary buffers (`pp_buffers`): torch 2.13's
@@ -106,6 +107,8 @@ class Layout:
     """Pipeline stages (parallel.pp)."""
     pp_layout: Optional[tuple] = None
     """Decoder layers per stage (parallel.pp_layout); None: the even split."""
+    pp_flush: int = 0
+    """Micro-batches per pipeline flush (parallel.pp_flush); 0: all of a step's."""
 
     @property
     def dp(self) -> int:
@@ -118,10 +121,12 @@ class Layout:
     def parallel(self) -> ParallelConfig:
         """The parallel: section of this layout (stage_layers / stage_range live there)."""
         return ParallelConfig(tp=self.tp, ep=self.ep, etp=self.etp if self.etp > 1 else None, sp=self.sp,
-                              pp=self.pp, pp_layout=list(self.pp_layout) if self.pp_layout else None)
+                              pp=self.pp, pp_layout=list(self.pp_layout) if self.pp_layout else None,
+                              pp_flush=self.pp_flush)
 
     def describe(self) -> str:
         stages = f" pp_layout={','.join(map(str, self.pp_layout))}" if self.pp_layout else ""
+        stages += f" pp_flush={self.pp_flush}" if self.pp_flush else ""
         return (f"tp={self.tp} ep={self.ep} etp={self.etp} sp={self.sp} pp={self.pp}{stages} dp={self.dp} "
                 f"edp={self.edp} sharding={self.sharding}{' offload' if self.offload else ''} "
                 f"recompute={self.recompute} micro_batch={self.micro_batch}")
@@ -133,7 +138,8 @@ class Layout:
         return (f"parallel.tp={self.tp} parallel.ep={self.ep} parallel.sp={str(self.sp).lower()} "
                 f"train.sharding={self.sharding} train.offload_optimizer={str(self.offload).lower()} "
                 f"train.recompute={str(self.recompute).lower()} train.micro_batch_size={self.micro_batch}"
-                + (f" parallel.etp={self.etp}" if self.etp > 1 else "") + f" parallel.pp={self.pp} {stages}")
+                + (f" parallel.etp={self.etp}" if self.etp > 1 else "") + f" parallel.pp={self.pp} {stages}"
+                + f" parallel.pp_flush={self.pp_flush}")
 
 
 @dataclass(frozen=True)
@@ -378,12 +384,13 @@ def activation_bytes(cfg: Config, layout: Layout, stage: int = 0,
 
 
 def pipeline_buffer_bytes(cfg: Config, layout: Layout, stage: int = 0) -> float:
-    """Receive buffers torch's PipelineStage allocates on `stage` for all micro-batches of a step: forward inputs
-    and their gradients (stage > 0), output gradients (all but the last stage). Zero at pp = 1."""
+    """Receive buffers torch's PipelineStage allocates on `stage` for all micro-batches of a flush (a step's, or
+    parallel.pp_flush): forward inputs and their gradients (stage > 0), output gradients (all but the last stage).
+    Zero at pp = 1."""
     if layout.pp == 1:
         return 0.0
     n = 2 * (stage > 0) + (stage < layout.pp - 1)
-    return micro_batches(cfg, layout) * n * _boundary_bytes(cfg, layout)
+    return (layout.pp_flush or micro_batches(cfg, layout)) * n * _boundary_bytes(cfg, layout)
 
 
 def a2a_buffer_bytes(cfg: Config, layout: Layout, imbalance: float = 2.0) -> float:
@@ -400,7 +407,7 @@ def layout_from_config(cfg: Config, world_size: int) -> Layout:
     p, tr = cfg.parallel, cfg.train
     return Layout(world_size=world_size, tp=p.tp, ep=p.ep, etp=p.expert_tp, sp=p.sp, sharding=tr.sharding,
                   offload=tr.offload_optimizer, recompute=tr.recompute, micro_batch=tr.micro_batch_size, pp=p.pp,
-                  pp_layout=tuple(p.pp_layout) if p.pp_layout is not None else None)
+                  pp_layout=tuple(p.pp_layout) if p.pp_layout is not None else None, pp_flush=p.pp_flush)
 
 
 def apply_layout(cfg: Config, layout: Layout) -> Config:
@@ -410,21 +417,19 @@ def apply_layout(cfg: Config, layout: Layout) -> Config:
     out.parallel.etp = layout.etp if layout.etp > 1 else None
     out.parallel.pp = layout.pp
     out.parallel.pp_layout = list(layout.pp_layout) if layout.pp_layout is not None else None
+    out.parallel.pp_flush = layout.pp_flush
     out.train.sharding, out.train.offload_optimizer = layout.sharding, layout.offload
     out.train.recompute, out.train.micro_batch_size = layout.recompute, layout.micro_batch
     return out
 
 
 def check_layout(cfg: Config, layout: Layout) -> None:
-    """MemoryPlanError unless `layout` is a valid one for `cfg` that the 1F1B schedule can run."""
+    """MemoryPlanError unless `layout` is a valid one for `cfg` (Config.validate, which also checks that the 1F1B
+    schedule gets at least pp micro-batches)."""
     try:
         apply_layout(cfg, layout).validate(layout.world_size)
     except ConfigError as err:
         raise MemoryPlanError(f"layout {layout.describe()} is invalid: {err}") from None
-    if micro_batches(cfg, layout) < layout.pp:
-        raise MemoryPlanError(f"layout {layout.describe()} is invalid: 1F1B needs at least pp={layout.pp} "
-                              f"micro-batches per step, global_batch_size/(micro_batch_size*dp) = "
-                              f"{micro_batches(cfg, layout)}")
 
 
 def plan_memory(cfg: Config, layout: Layout, *, overhead_gib: float = 4.0, a2a_imbalance: float = 2.0,

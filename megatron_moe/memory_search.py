@@ -4,7 +4,9 @@
 
 Searched: tp and ep*etp within a node (NVLink), etp in {1, configured}, sp whenever tp > 1, pipeline stages pp a
 power of 2 (1, 2, 4, ...) up to the layer count that divides the world, each with the even split of the layers
-(when pp divides them) and with the memory-balanced split (`balanced_layers`), the sharding modes of
+(when pp divides them) and with the memory-balanced split (`balanced_layers`), and each also with flushes of
+4·pp micro-batches (`parallel.pp_flush`, when that is fewer than a step's and divides them: it bounds torch's
+per-micro-batch receive buffers at the cost of a pipeline bubble per flush), the sharding modes of
 SEARCHED_SHARDING, recomputation off / on, micro batch a power of 2 up to 8.
 """
 from __future__ import annotations
@@ -75,7 +77,11 @@ def candidate_layouts(cfg: Config, world_size: int, gpus_per_node: int = 8, max_
         balanced = balanced_layers(cfg, layout)
         if len(set(balanced)) > 1:
             splits.append(balanced)
-        out.extend(dataclasses.replace(layout, pp_layout=split) for split in splits)
+        flushes = [0]
+        n_micro = cfg.train.global_batch_size // (mb * layout.dp)
+        if 4 * pp < n_micro and n_micro % (4 * pp) == 0:
+            flushes.append(4 * pp)
+        out.extend(dataclasses.replace(layout, pp_layout=split, pp_flush=f) for split in splits for f in flushes)
     return out
 
 
@@ -90,7 +96,8 @@ def suggest_layout(cfg: Config, world_size: int, gpu_mem_gib: float, *, gpus_per
     """The preferred layout whose estimate stays within margin * gpu_mem_gib, or None. Preference: no optimizer
     offload (AdamW on the CPU is slow), then the smallest tp (TP communicates every layer), then no weight
     gathering across nodes (zero2 / fsdp re-gather the weights every micro-batch: across nodes that costs more than
-    pipeline bubbles), then the fewest pipeline stages, then no recomputation (~1/3 more compute), then the
+    pipeline bubbles), then the fewest pipeline stages, then one flush per step (no extra pipeline bubbles), then
+    no recomputation (~1/3 more compute), then the
     largest micro batch up to 4, then the least sharding (SEARCHED_SHARDING's order), then the smallest ep, then
     the smallest total."""
     opts = dict(overhead_gib=overhead_gib, a2a_imbalance=a2a_imbalance)
@@ -104,8 +111,8 @@ def suggest_layout(cfg: Config, world_size: int, gpu_mem_gib: float, *, gpus_per
 
     def key(plan: MemoryPlan):
         lay = plan.layout
-        return (lay.offload, lay.tp, gathers_across_nodes(lay, gpus_per_node), lay.pp, lay.recompute,
-                -min(lay.micro_batch, 4), SEARCHED_SHARDING.index((lay.sharding, lay.offload)), lay.ep,
+        return (lay.offload, lay.tp, gathers_across_nodes(lay, gpus_per_node), lay.pp, lay.pp_flush > 0,
+                lay.recompute, -min(lay.micro_batch, 4), SEARCHED_SHARDING.index((lay.sharding, lay.offload)), lay.ep,
                 lay.micro_batch, plan.total)
 
     return min(fitting, key=key)

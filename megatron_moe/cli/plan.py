@@ -82,7 +82,7 @@ def format_plan(cfg: Config, plan: MemoryPlan, gpu_mem_gib: float) -> str:
     if lay.pp > 1:
         counts = lay.parallel().stage_layers(cfg.model.num_layers)
         rows.append(f"pipeline: pp={lay.pp}, layers per stage {counts}, {micro_batches(cfg, lay)} micro-batches per "
-                    f"step (1F1B); per-stage totals "
+                    f"step (1F1B{f', in flushes of {lay.pp_flush}' if lay.pp_flush else ''}); per-stage totals "
                     f"{', '.join(f'{total / GIB:.1f}' for total in plan.stage_totals)} GiB; the largest, stage "
                     f"{plan.stage} ({counts[plan.stage]} layers"
                     f"{', embedding' if plan.stage == 0 else ''}{', head' if plan.stage == lay.pp - 1 else ''}), "

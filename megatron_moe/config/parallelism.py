@@ -28,6 +28,12 @@ class ParallelConfig:
     pp_layout: Optional[list] = None
     """Decoder layers per pipeline stage, first to last (e.g. [7, 9, 9, 7]; pp entries summing to
     model.num_layers); None splits them evenly (pp must then divide num_layers)."""
+    pp_flush: int = 0
+    """Micro-batches per pipeline flush: a step's micro-batches go through the pipeline in groups of this many
+    (gradients accumulate over the groups, so the step computes the same function). torch's pipeline stage keeps
+    a receive buffer per micro-batch of a flush, so this bounds that memory, at the cost of one pipeline fill and
+    drain per group. 0: all of the step's micro-batches in one flush. Otherwise at least pp, dividing the
+    micro-batches per step."""
     backend: str = "auto"
     """torch.distributed backend: auto (nccl on CUDA, gloo on CPU), nccl or gloo."""
 
@@ -54,6 +60,8 @@ class ParallelConfig:
         return range(first, first + counts[stage])
 
     def validate(self, world_size: int, model: ModelConfig, moe: MoEConfig) -> None:
+        if self.pp_flush < 0:
+            raise ConfigError(f"parallel.pp_flush={self.pp_flush} must be >= 0 (0: one flush per step)")
         for name in ("tp", "ep", "etp", "pp"):
             v = getattr(self, name)
             if v is not None and v < 1:

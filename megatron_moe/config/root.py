@@ -59,6 +59,10 @@ class Config:
                               f"(the 1F1B schedule), but global_batch_size / (micro_batch_size*dp) = "
                               f"{self.train.global_batch_size} / ({self.train.micro_batch_size}*{dp}) = {n_micro}; "
                               f"raise train.global_batch_size or lower train.micro_batch_size")
+        flush = self.parallel.pp_flush
+        if self.parallel.pp > 1 and flush and (flush < self.parallel.pp or n_micro % flush):
+            raise ConfigError(f"parallel.pp_flush={flush} must be at least pp={self.parallel.pp} and divide the "
+                              f"{n_micro} micro-batches per step")
         if self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
         if self.model.sliding_window and self.data.seq_len > self.model.sliding_window:

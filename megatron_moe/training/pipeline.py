@@ -10,8 +10,11 @@ also the embedding, the last the final norm and LM head. The micro-batches of on
 accumulation) are the pipeline's micro-batches; torch's Schedule1F1B runs them (warm-up forwards, one forward /
 one backward in the steady state, cool-down backwards), so stage s keeps at most min(pp - s, n_micro)
 micro-batches' activations alive. The last stage's loss function is the model's own (`lm_loss`) divided by the
-number of micro-batches, exactly as the sequential path scales it, and the MoE aux/z losses reach the gradient
+number of micro-batches of the step, exactly as the sequential path scales it, and the MoE aux/z losses reach the gradient
 through their injector (model/moe/aux.py) inside each stage, so gradients equal the sequential ones.
+
+With parallel.pp_flush = F > 0 the step's micro-batches go through the schedule F at a time (gradients accumulate
+over the calls; each flush fills and drains the pipeline once), so torch's per-micro-batch receive buffers stay F.
 
 What crosses a stage boundary is the residual stream [micro, S_l, D] in its compute dtype (fp32 under autocast,
 which keeps the residual stream in fp32; bf16 with FSDP2's bf16 weights), with static shapes given to torch (no
@@ -68,7 +71,7 @@ class PipelineRunner:
         self.schedules: dict[tuple, object] = {}
         self.per_seq: list[torch.Tensor] = []
         self.micro_losses: list[torch.Tensor] = []  # each micro-batch's mean token loss (last stage), last call
-        self.n_micro = 1
+        self.n_micro = 1  # micro-batches of the step: the loss divisor
 
     # ------------------------------------------------------------------------------------ schedules
     def _schedule(self, n_micro: int, micro: int, S: int, kind: str):
@@ -101,30 +104,36 @@ class PipelineRunner:
         return loss / self.n_micro
 
     def _run(self, tokens_BS1: torch.Tensor, samples_B: torch.Tensor, n_micro: int, kind: str, step: int,
-             train: bool) -> Optional[torch.Tensor]:
+             train: bool, flush: int = 0) -> Optional[torch.Tensor]:
+        """All n_micro micro-batches, `flush` at a time (0: in one call)."""
         B, S1 = tokens_BS1.shape
-        schedule = self._schedule(n_micro, B // n_micro, S1 - 1, kind)
+        micro, flush = B // n_micro, flush or n_micro
+        schedule = self._schedule(flush, micro, S1 - 1, kind)
         self.module.step, self.n_micro, self.per_seq, self.micro_losses = step, n_micro, [], []
         tokens_BS1, samples_B = tokens_BS1.to(self.device), samples_B.to(self.device)
-        args = (tokens_BS1[:, :-1],) if self.model.is_first else ()
-        target = tokens_BS1[:, 1:] if self.model.is_last else None
-        if train:
-            schedule.step(*args, target=target, samples_B=samples_B, return_outputs=False)
-        else:
-            with torch.no_grad():
-                schedule.eval(*args, target=target, samples_B=samples_B)
+        for rows in torch.arange(B).split(flush * micro):
+            part_BS1, part_B = tokens_BS1[rows], samples_B[rows]
+            args = (part_BS1[:, :-1],) if self.model.is_first else ()
+            target = part_BS1[:, 1:] if self.model.is_last else None
+            if train:
+                schedule.step(*args, target=target, samples_B=part_B, return_outputs=False)
+            else:
+                with torch.no_grad():
+                    schedule.eval(*args, target=target, samples_B=part_B)
         return torch.cat(self.per_seq) if self.model.is_last else None
 
     # ---------------------------------------------------------------------------------------- API
     def forward_backward(self, batch, n_micro: int) -> Optional[torch.Tensor]:
         """Forward + backward of the step's micro-batches; the per-sequence losses [B] on the last stage."""
         samples_B = batch.first_sample + torch.arange(batch.tokens.shape[0])
-        return self._run(batch.tokens, samples_B, n_micro, "train", batch.step, train=True)
+        return self._run(batch.tokens, samples_B, n_micro, "train", batch.step, train=True,
+                         flush=self.cfg.parallel.pp_flush)
 
     def forward_only(self, batch, n_micro: int) -> None:
         """The step's micro-batches forward without gradients (the global-balance pre-pass)."""
         samples_B = batch.first_sample + torch.arange(batch.tokens.shape[0])
-        self._run(batch.tokens, samples_B, n_micro, "train", batch.step, train=False)
+        self._run(batch.tokens, samples_B, n_micro, "train", batch.step, train=False,
+                  flush=self.cfg.parallel.pp_flush)
 
     def eval_losses(self, tokens_BS1: torch.Tensor, n_micro: int) -> Optional[torch.Tensor]:
         """Per-sequence losses [B] of validation sequences (model in eval mode), on the last stage."""

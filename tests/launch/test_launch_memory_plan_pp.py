@@ -74,6 +74,22 @@ def test_activations_in_flight_by_hand():
     assert activation_bytes(cfg, rec, 0) == 4 * (2 * b + b) + per_layer
 
 
+def test_flushes_bound_the_receive_buffers():
+    """parallel.pp_flush=4 of the 8 micro-batches: torch's stage keeps 4 receive buffers per kind, not 8; the
+    in-flight activations stay those of 1F1B."""
+    from megatron_moe.memory_plan import activation_bytes, pipeline_buffer_bytes
+
+    cfg = _dense()
+    whole, flushed = Layout(8, sharding="none", pp=4), Layout(8, sharding="none", pp=4, pp_flush=4)
+    b = 2 * S * D
+    assert [pipeline_buffer_bytes(cfg, flushed, s) for s in range(4)] == [4 * b, 4 * 3 * b, 4 * 3 * b, 4 * 2 * b]
+    assert [activation_bytes(cfg, flushed, s) for s in range(4)] == [activation_bytes(cfg, whole, s)
+                                                                      for s in range(4)]
+    assert "parallel.pp_flush=4" in flushed.overrides() and "pp_flush=4" in flushed.describe()
+    with pytest.raises(MemoryPlanError, match="pp_flush=3 must be at least pp=4 and divide the 8 micro-batches"):
+        plan_memory(cfg, Layout(8, sharding="none", pp=4, pp_flush=3))
+
+
 def test_too_few_micro_batches_for_1f1b_is_refused():
     cfg = _dense(global_batch_size=4)  # dp = 2: 2 micro-batches per step, fewer than 4 stages
     with pytest.raises(MemoryPlanError, match="parallel.pp=4 needs at least 4 micro-batches per step"):

@@ -3,7 +3,7 @@
 A 4-layer MoE model with the noisy gate, router aux loss and z-loss, trained with 4 micro-batches per step
 (gradient accumulation): PP=2 on 2 gloo ranks gives the per-step losses, gradient norms (taken over both stages)
 and aux losses of one process to 1e-5, also with moe.balance_scope=global (the pre-pass runs through the pipeline)
-and with recompute, and in bf16 (autocast keeps the fp32 residual stream at the boundary: one bf16 process's
+and with recompute, in flushes of 2 micro-batches (parallel.pp_flush), and in bf16 (autocast keeps the fp32 residual stream at the boundary: one bf16 process's
 numbers); on 4 ranks PP=2 composes with EP=2, with TP=2 + SP, with ZeRO-1 and with FSDP2 (also bf16 FSDP2, whose
 boundary is bf16, against dp=4); an uneven layer layout ([1, 3]) gives
 the same function; a PP=2 checkpoint resumes in one process and a one-process checkpoint resumes at PP=2 with the
@@ -85,7 +85,8 @@ def test_pp2_matches_one_process(corpus, single):
             ("pp2_global", {"parallel": {"pp": 2}, "cfg": {"scope": "global"}}),
             ("pp2_recompute", {"parallel": {"pp": 2}, "recompute": True}),
             ("pp2_uneven", {"parallel": {"pp": 2, "pp_layout": [1, 3]}}),
-            ("pp2_bf16", {"parallel": {"pp": 2}, "cfg": {"precision": "bf16"}})]
+            ("pp2_bf16", {"parallel": {"pp": 2}, "cfg": {"precision": "bf16"}}),
+            ("pp2_flush2", {"parallel": {"pp": 2, "pp_flush": 2}, "cfg": {"scope": "global"}})]
     res = spawn(_pipelined, 2, prefixes, root, runs)
     ref, ref_global = single["micro"]["steps"], single["global"]["steps"]
     assert ref[0][2] > 0 and min(r[0] for r in ref) < ref[0][0]  # the aux loss is on and the model learns
@@ -93,6 +94,8 @@ def test_pp2_matches_one_process(corpus, single):
         assert res[0][name]["steps"] == res[1][name]["steps"], name  # every stage logs the same record
         assert _close(res[0][name]["steps"], ref), (name, res[0][name]["steps"], ref)
     assert _close(res[0]["pp2_global"]["steps"], ref_global), (res[0]["pp2_global"]["steps"], ref_global)
+    # two flushes of 2 micro-batches per step (and the balance pre-pass in two flushes too): the same function
+    assert _close(res[0]["pp2_flush2"]["steps"], ref_global), (res[0]["pp2_flush2"]["steps"], ref_global)
     # bf16 autocast keeps the residual stream (the stage boundary) in fp32: one bf16 process's numbers
     bf16, ref_bf16 = res[0]["pp2_bf16"]["steps"], single["bf16"]["steps"]
     assert _close(bf16, ref_bf16) and not _close(bf16, ref), (bf16, ref_bf16)
@@ -166,6 +169,8 @@ def test_checkpoint_resumes_in_another_pipeline_layout(corpus, single, first, th
     ({"pp": 2, "pp_layout": [2, "2"]}, 2, "must be a list of pp=2 layer counts"),
     ({"pp": 4}, 4, "parallel.pp=4 needs at least 4 micro-batches per step"),
     ({"pp": 2, "tie": True}, 2, "parallel.pp > 1 with model.tie_embeddings=true is not supported"),
+    ({"pp": 2, "pp_flush": 1}, 2, "parallel.pp_flush=1 must be at least pp=2 and divide the 2 micro-batches"),
+    ({"pp": 2, "pp_flush": -1}, 2, "parallel.pp_flush=-1 must be >= 0"),
 ])
 def test_bad_pipeline_layouts_are_refused_in_one_line(corpus, over, world, message):
     from megatron_moe.config import ConfigError
