@@ -43,6 +43,7 @@ def main() -> int:
                     continue
                 lay = best.layout
                 stages = f" pp={lay.pp}" + (f" [{','.join(map(str, lay.pp_layout))}]" if lay.pp_layout else "")
+                stages += f" flush={lay.pp_flush}" if lay.pp_flush else ""
                 desc = (f"tp={lay.tp}{'+sp' if lay.sp else ''}{stages if lay.pp > 1 else ''} ep={lay.ep} {lay.sharding}"
                         f"{'+offload' if lay.offload else ''}{' recompute' if lay.recompute else ''} "
                         f"micro_batch={lay.micro_batch}")
