@@ -16,7 +16,8 @@ import itertools
 from typing import Optional
 
 from .config import Config
-from .memory_plan import Layout, MemoryPlan, MemoryPlanError, check_layout, plan_memory, stage_plan
+from .memory_layout import Layout, MemoryPlanError, check_layout
+from .memory_plan import MemoryPlan, plan_memory, stage_plan
 
 # (sharding, offload) in order of preference: zero1 is as cheap as none (the same all-reduce volume); zero2 gathers
 # weights once per micro-batch; fsdp again in backward; offload moves AdamW to the CPU
