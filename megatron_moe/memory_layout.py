@@ -78,7 +78,8 @@ def layout_from_config(cfg: Config, world_size: int) -> Layout:
 
 def apply_layout(cfg: Config, layout: Layout) -> Config:
     """A copy of `cfg` with the layout's parallel and batch settings."""
-    out = copy.deepcopy(cfg)
+    out = copy.copy(cfg)  # only the parallel and train sections change: copy those (the search calls this a lot)
+    out.parallel, out.train = copy.copy(cfg.parallel), copy.copy(cfg.train)
     out.parallel.tp, out.parallel.ep, out.parallel.sp = layout.tp, layout.ep, layout.sp
     out.parallel.etp = layout.etp if layout.etp > 1 else None
     out.parallel.pp = layout.pp

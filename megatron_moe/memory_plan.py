@@ -345,11 +345,13 @@ def a2a_buffer_bytes(cfg: Config, layout: Layout, imbalance: float = 2.0) -> flo
 
 # ------------------------------------------------------------------------------------------ plan
 def plan_memory(cfg: Config, layout: Layout, *, overhead_gib: float = 4.0, a2a_imbalance: float = 2.0,
-                gathered_layers: int = 2) -> MemoryPlan:
+                gathered_layers: int = 2, checked: bool = False) -> MemoryPlan:
     """Per-GPU bytes of `layout` for `cfg` (formulas in the module docstring): the pipeline stage with the largest
     total (the only one at pp = 1). `gathered_layers`: decoder-layer units fsdp holds gathered at once (2 on
-    GPUs: the current one and the prefetched next; 1 where collectives do not overlap compute, as gloo on CPU)."""
-    check_layout(cfg, layout)
+    GPUs: the current one and the prefetched next; 1 where collectives do not overlap compute, as gloo on CPU).
+    `checked`: the caller has already validated the layout (the search, which validates every candidate)."""
+    if not checked:
+        check_layout(cfg, layout)
     opts = dict(overhead_gib=overhead_gib, a2a_imbalance=a2a_imbalance, gathered_layers=gathered_layers)
     plans = [stage_plan(cfg, layout, stage, **opts) for stage in range(layout.pp)]
     worst = max(plans, key=lambda plan: plan.total)

@@ -104,7 +104,7 @@ def suggest_layout(cfg: Config, world_size: int, gpu_mem_gib: float, *, gpus_per
     opts = dict(overhead_gib=overhead_gib, a2a_imbalance=a2a_imbalance)
     fitting = []
     for layout in candidate_layouts(cfg, world_size, gpus_per_node):
-        plan = plan_memory(cfg, layout, **opts)
+        plan = plan_memory(cfg, layout, checked=True, **opts)  # candidate_layouts validated it
         if plan.fits(gpu_mem_gib * margin):
             fitting.append(plan)
     if not fitting:

@@ -4,7 +4,7 @@ A 4-layer MoE model with the noisy gate, router aux loss and z-loss, trained wit
 (gradient accumulation): PP=2 on 2 gloo ranks gives the per-step losses, gradient norms (taken over both stages)
 and aux losses of one process to 1e-5, also with moe.balance_scope=global (the pre-pass runs through the pipeline)
 and with recompute, in flushes of 2 micro-batches (parallel.pp_flush), and in bf16 (autocast keeps the fp32 residual stream at the boundary: one bf16 process's
-numbers); on 4 ranks PP=2 composes with EP=2, with TP=2 + SP, with ZeRO-1 and with FSDP2 (also bf16 FSDP2, whose
+numbers); on 4 ranks PP=2 composes with EP=2, with TP=2 + SP, with ETP=2, with TP=2 + SP x EP=2, with ZeRO-1 and with FSDP2 (also bf16 FSDP2, whose
 boundary is bf16, against dp=4); an uneven layer layout ([1, 3]) gives
 the same function; a PP=2 checkpoint resumes in one process and a one-process checkpoint resumes at PP=2 with the
 losses of the uninterrupted run; validation losses agree. A wrong split (a stage skipping or repeating a layer,
@@ -107,11 +107,14 @@ def test_pp2_matches_one_process(corpus, single):
 
 @pytest.mark.dist
 def test_pp2_composes_with_ep_tp_sp_and_sharding(corpus, single):
-    """4 ranks: PP=2 x EP=2 (dp=2), PP=2 x TP=2 + SP, PP=2 x dp=2 with ZeRO-1 and with FSDP2. With dp=2 a
+    """4 ranks: PP=2 x EP=2 (dp=2), PP=2 x TP=2 + SP, PP=2 x ETP=2, PP=2 x TP=2 + SP x EP=2, PP=2 x dp=2 with
+    ZeRO-1 and with FSDP2. With dp=2 a
     micro-batch holds 2 sequences, so the balance scope is global (independent of the split)."""
     root, prefixes = corpus
     runs = [("pp2ep2", {"parallel": {"pp": 2, "ep": 2}}),
             ("pp2tp2sp", {"parallel": {"pp": 2, "tp": 2, "sp": True}}),
+            ("pp2etp2", {"parallel": {"pp": 2, "etp": 2}}),
+            ("pp2tp2sp_ep2", {"parallel": {"pp": 2, "tp": 2, "sp": True, "ep": 2}}),
             ("pp2zero1", {"parallel": {"pp": 2}, "cfg": {"sharding": "zero1"}}),
             ("pp2fsdp", {"parallel": {"pp": 2}, "cfg": {"sharding": "fsdp"}}),
             # bf16: FSDP2's bf16 compute weights make the stage boundary bf16; against dp=4 with the same weights
