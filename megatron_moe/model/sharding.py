@@ -13,12 +13,13 @@ parameters, not on them, so it survives wrappers that replace Parameter objects:
 fsdp, parallel/fsdp.py) turns each parameter into a DTensor sharded over the data-parallel ranks, and that last
 cut is read from the DTensor's own placement (checkpoint/sharded.py composes both).
 
-Splits (model parallelism) are listed outermost first; each names its rank axis:
+Splits (model parallelism) are listed outermost first; each names its rank axis (ranks counted within a pipeline
+stage, parallel/state.py):
   tp   dense tensors split over the tensor-parallel group (rank = tp_rank + tp * dp_rank)
   ep   routed experts split over the expert-parallel group (rank = etp_rank + etp * (ep_rank + ep * edp_rank))
   etp  each expert's FFN width split over the expert-tensor-parallel group
 A dense tensor is replicated over the data-parallel group (dp), an expert tensor (`is_expert`) over the
-expert-data-parallel group (edp).
+expert-data-parallel group (edp). Pipeline stages hold different tensors (different layers), not cuts of one.
 """
 from __future__ import annotations
 
