@@ -7,7 +7,8 @@ rank axes in the order the cuts are applied (replicas, the model-parallel splits
 shard), over the ranks of this rank's pipeline stage in megatron-core order (all ranks without pipeline
 parallelism); meshes are placement only (no process groups: DCP talks over the default group). Under pipeline
 parallelism ranks hold different tensors: every rank takes part in the save and load of every part (the union
-over ranks, possibly with nothing of its own), so the collective calls match. DCP writes each global chunk once (replicas are deduplicated) and, on
+over ranks, possibly with nothing of its own), so the collective calls match. DCP writes each global chunk once
+(replicas are deduplicated) and, on
 load, reads only the chunks that overlap this rank's piece, so a checkpoint saved at one TP/EP/DP/sharding layout
 loads into any other.
 """
@@ -108,10 +109,11 @@ def _by_part(names) -> dict[str, list[str]]:
 
 def _all_parts(parts: dict[str, list[str]]) -> dict[str, list[str]]:
     """The union over ranks of {part: names} (ranks of different pipeline stages hold different parts), in an
-    order every rank agrees on."""
-    if not _distributed():
+    order every rank agrees on. Without pipeline stages every rank holds the same parts: no gather."""
+    from ..parallel import all_gather_object, pipeline_stage_ranks, world_group
+
+    if not _distributed() or len(pipeline_stage_ranks()) == dist.get_world_size():
         return parts
-    from ..parallel import all_gather_object, world_group
 
     merged: dict[str, set] = {}
     for theirs in all_gather_object(parts, world_group()):

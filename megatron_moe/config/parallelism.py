@@ -66,12 +66,13 @@ class ParallelConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"parallel.{name}={v} must be >= 1" + (" (or null for 1)" if name == "etp" else ""))
-        pp = f"*pp={self.tp}*{self.pp}" if self.pp > 1 else f"={self.tp}"
         if world_size % (self.tp * self.pp):
-            raise ConfigError(f"world size {world_size} is not divisible by tp{pp}")
-        pp = f"*pp={self.ep}*{self.expert_tp}*{self.pp}" if self.pp > 1 else f"={self.ep}*{self.expert_tp}"
+            sizes = f"tp*pp={self.tp}*{self.pp}" if self.pp > 1 else f"tp={self.tp}"
+            raise ConfigError(f"world size {world_size} is not divisible by {sizes}")
         if world_size % (self.ep * self.expert_tp * self.pp):
-            raise ConfigError(f"world size {world_size} is not divisible by ep*etp{pp}")
+            sizes = (f"ep*etp*pp={self.ep}*{self.expert_tp}*{self.pp}" if self.pp > 1
+                     else f"ep*etp={self.ep}*{self.expert_tp}")
+            raise ConfigError(f"world size {world_size} is not divisible by {sizes}")
         self._validate_pipeline(model)
         if model.num_heads % self.tp:
             raise ConfigError(f"tp={self.tp} does not divide num_heads={model.num_heads}")
