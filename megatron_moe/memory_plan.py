@@ -182,7 +182,7 @@ def count_params(cfg: Config) -> ParamCounts:
 def stage_kinds(cfg: Config, layout: Layout, stage: int = 0) -> tuple[int, int]:
     """(MoE, dense) decoder layers of pipeline stage `stage` (all layers without pipeline parallelism)."""
     layers = layout.parallel().stage_range(cfg.model.num_layers, stage)
-    n_moe = sum(cfg.moe.is_moe_layer(i) for i in layers)
+    n_moe = cfg.moe.count_moe_layers(layers)
     return n_moe, len(layers) - n_moe
 
 
@@ -311,13 +311,14 @@ def activation_bytes(cfg: Config, layout: Layout, stage: int = 0,
     if len(rows) != n_moe:
         raise ValueError(f"activation_bytes: {len(rows)} row counts for {n_moe} MoE layers")
     in_flight = min(layout.pp - stage, micro_batches(cfg, layout))  # 1F1B
-    peak = max((moe_transient_bytes(cfg, layout, r) for r in rows), default=0.0)
+    peak = max((moe_transient_bytes(cfg, layout, r) for r in set(rows)), default=0.0)
     if stage == layout.pp - 1:  # final norm, head input; the logits, their fp32 copy and log-softmax
         ends = _norm_bytes(cfg, layout) + a * T * D
         peak = max(peak, (a + 4 + (4 if a != 4 else 0)) * T * m.vocab_size / t)
     else:  # the stage output, kept for its backward
         ends = _boundary_bytes(cfg, layout)
-    per_moe = [layer_activation_bytes(cfg, layout, True, r) for r in rows]
+    per_rows = {r: layer_activation_bytes(cfg, layout, True, r) for r in set(rows)}  # one per distinct count
+    per_moe = [per_rows[r] for r in rows]
     per_dense = layer_activation_bytes(cfg, layout, False) if n_dense else 0.0
     if layout.recompute:
         return in_flight * (ends + (n_moe + n_dense) * a * T * D / sigma) + max(per_moe + [per_dense]) + peak

@@ -76,6 +76,16 @@ class MoEConfig:
             return layer in self.moe_layers
         return layer % self.layer_freq == 0
 
+    def count_moe_layers(self, layers: range) -> int:
+        """How many of `layers` (a step-1 range of indices >= 0) are MoE layers (is_moe_layer), without a loop
+        over them (the memory planner's search asks this for every stage of every candidate layout)."""
+        if not self.enabled or not layers:
+            return 0
+        if self.moe_layers is not None:
+            return sum(1 for i in set(self.moe_layers) if i in layers)
+        f = self.layer_freq  # multiples of f in [start, stop)
+        return (layers.stop - 1) // f - (layers.start - 1) // f if layers.start > 0 else (layers.stop - 1) // f + 1
+
     def validate(self, model: ModelConfig) -> None:
         _at_least("moe", self, ("num_experts", "aux_loss_coeff", "z_loss_coeff", "noise_epsilon", "switch_jitter",
                                 "bias_update_rate", "num_shared_experts"), 0)

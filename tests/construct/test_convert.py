@@ -1,12 +1,11 @@
 """End-to-end conversion of tiny random LLaMA checkpoints (HF and Meta) with every method, via the CLI."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from _cli import run_cli
 from megatron_moe.checkpoint import read_config, read_tensors
 from megatron_moe.construct.convert import ConvertOptions, convert_dense_to_moe, verify_conversion
 
@@ -15,8 +14,7 @@ F, E = 96, 4
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, str(ROOT / "tools/convert_llama_to_moe.py"), "--no-progress", *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT)
+    return run_cli("tools/convert_llama_to_moe.py", "--no-progress", *args)
 
 
 @pytest.fixture(scope="module")

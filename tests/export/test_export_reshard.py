@@ -1,12 +1,11 @@
 """Offline resharding on real gloo ranks: EP=2 -> EP=1 -> EP=2 keeps every tensor bitwise identical."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from _cli import run_cli
 from _moe_helpers import make_moe
 from megatron_moe.checkpoint import read_tensors
 from megatron_moe.errors import CheckpointError
@@ -20,8 +19,7 @@ def test_ep2_ep1_ep2_identical(tmp_path):
     make_moe(tmp_path / "src", router="noisy_topk", gate_network="mlp")
     (tmp_path / "src" / "construction.json").write_text(json.dumps({"method": "random", "seed": 3}))
     a = reshard(tmp_path / "src", tmp_path / "ep2", tp=1, ep=2)
-    r = subprocess.run([sys.executable, "tools/reshard_checkpoint.py", "--load", str(a), "--save", str(tmp_path / "ep1"),
-                        "--ep", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = run_cli("tools/reshard_checkpoint.py", "--load", a, "--save", tmp_path / "ep1", "--ep", "1", timeout=300)
     assert r.returncode == 0, r.stderr
     c = reshard(tmp_path / "ep1", tmp_path / "ep2b", tp=1, ep=2)
     src, ta, tb, tc = (read_tensors(p) for p in (tmp_path / "src", a, tmp_path / "ep1", c))

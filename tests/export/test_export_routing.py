@@ -4,6 +4,7 @@ import json
 import numpy as np
 import torch
 
+from _cli import run_cli
 from _moe_helpers import ids, make_moe
 from megatron_moe import load_model
 from megatron_moe.analysis.inspect import inspect_checkpoint
@@ -67,8 +68,6 @@ def test_inspect_moe_counts(tmp_path):
 
 
 def test_plot_routing_cli(tmp_path):
-    import subprocess
-    import sys
     from pathlib import Path
 
     from megatron_moe.data._mcore import IndexedDatasetBuilder
@@ -85,9 +84,9 @@ def test_plot_routing_cli(tmp_path):
         prefixes.append(f"{name}={tmp_path / name}")
     (tmp_path / "run" / "metrics.jsonl").write_text("\n".join(json.dumps({"step": s, "loss": 4.0 / s}) for s in (1, 2, 3)))
     root = Path(__file__).resolve().parents[2]
-    r = subprocess.run([sys.executable, "tools/plot_routing.py", "--load", str(tmp_path / "run" / "ck"), "--data",
-                        *prefixes, "--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "run" / "metrics.jsonl"),
-                        "--seq-len", "16", "--batch-size", "2"], cwd=root, capture_output=True, text=True, timeout=120)
+    r = run_cli("tools/plot_routing.py", "--load", tmp_path / "run" / "ck", "--data", *prefixes, "--out",
+                tmp_path / "out", "--metrics", tmp_path / "run" / "metrics.jsonl", "--seq-len", "16", "--batch-size",
+                "2", cwd=root, timeout=120)
     assert r.returncode == 0, r.stderr
     pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
     assert pngs == ["expert_load_code.png", "expert_load_layer_000.png", "expert_load_layer_001.png",

@@ -1,8 +1,6 @@
 """Evaluation, inspection, loss-curve plot and the CLIs' one-line errors (dense checkpoint; no downloads)."""
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _cli import run_cli
 from megatron_moe import load_model
 from megatron_moe.analysis.inspect import format_report, inspect_checkpoint
 from megatron_moe.analysis.plots import plot_loss_curve, read_metrics
@@ -94,7 +93,7 @@ def test_loss_curve(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return run_cli(*args, timeout=120)
 
 
 def test_cli_inspect_evaluate_and_errors(ckpt, tmp_path):

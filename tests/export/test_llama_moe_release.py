@@ -8,14 +8,13 @@ logits and expert choices were computed by their code from those files (fp32 and
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from _cli import run_cli
 from megatron_moe import load_model
 from megatron_moe.checkpoint import read_config, read_index, read_tensors
 from megatron_moe.errors import CheckpointError
@@ -36,8 +35,7 @@ def _their_tensors(d: Path) -> dict:
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "tools/import_llama_moe.py", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=180)
+    return run_cli("tools/import_llama_moe.py", *args, timeout=180)
 
 
 def _run_routed(model, ids, margins=None):

@@ -1,12 +1,11 @@
 """Memory planner with pipeline stages (parallel.pp) against numbers computed by hand from the model's shapes."""
 import json
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from _cli import run_cli
 from megatron_moe.config import config_from_dict, load_config
 from megatron_moe.memory_plan import (GIB, Layout, MemoryPlanError, layout_from_config, plan_memory,
                                       suggest_layout)
@@ -121,8 +120,7 @@ def test_70b_on_64_gpus_picks_pipeline_stages():
 
 def test_plan_cli_shows_pp_and_its_overrides_round_trip():
     def cli(*args):
-        return subprocess.run([sys.executable, "tools/plan_memory.py", *args], cwd=ROOT, capture_output=True,
-                              text=True, timeout=300)
+        return run_cli("tools/plan_memory.py", *args, timeout=300)
 
     proc = cli("--config", PRESET_70B, "--gpus", "64", "--gpu-mem", "80")
     assert proc.returncode == 0, proc.stderr
@@ -140,5 +138,4 @@ def test_plan_cli_shows_pp_and_its_overrides_round_trip():
     assert plan_memory(cfg, layout_from_config(cfg, 64)).fits(72)
     data = json.loads(cli("--config", PRESET_70B, "--gpus", "64", "--json").stdout)
     assert data["configured"]["layout"]["pp"] == 4 and len(data["configured"]["stage_totals"]) == 4
-    assert "pipeline stages pp" in subprocess.run([sys.executable, "-m", "megatron_moe.cli", "plan", "--help"],
-                                                  cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+    assert "pipeline stages pp" in run_cli("-m", "megatron_moe.cli", "plan", "--help", timeout=60).stdout

@@ -1,16 +1,14 @@
 """tools/plan_memory.py: exit codes, table and JSON output."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+from _cli import run_cli
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "examples/configs/llama_moe_3.5b_4of16.yaml"
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "tools/plan_memory.py", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    return run_cli("tools/plan_memory.py", *args, timeout=120)
 
 
 def test_fits_exit_zero_and_table():

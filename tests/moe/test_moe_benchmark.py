@@ -3,13 +3,13 @@ that compute different functions), its CPU memory figure is the bytes saved for 
 layers and reports every time, and the CLI runs, checks parity with the per-expert loop and MixtralSparseMoeBlock
 first, writes well-formed JSON and refuses bad flags. (Speed is measured by running the tool, not asserted here.)"""
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from _cli import run_cli
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # benchmarks/ is a top-level directory, not installed
 
@@ -17,8 +17,7 @@ from benchmarks import moe_layer as bench  # noqa: E402
 
 
 def _tool(*args):
-    return subprocess.run([sys.executable, "tools/benchmark_moe_layer.py", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=180)
+    return run_cli("tools/benchmark_moe_layer.py", *args, timeout=180)
 
 
 def test_refuses_to_time_layers_that_disagree(monkeypatch):

@@ -7,18 +7,16 @@ sentencepiece model), jsonl (a text file), file (a plain file), out (the output 
 """
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from _cli import run_cli
 from _data_helpers import write_indexed
 from _moe_helpers import make_moe
 from _train_helpers import tiny_config, write_corpus
 
-ROOT = Path(__file__).resolve().parents[2]
 V = 96  # vocabulary of the fixtures' models and data
 
 
@@ -195,14 +193,13 @@ def _argv(case, fx, out):
 
 @pytest.fixture(scope="module")
 def results(fx, tmp_path_factory):
-    """Run every case once, two at a time (the CLIs spend most of their time importing torch)."""
+    """Run every case once, two at a time (forked from processes that imported torch once: tests/_cli.py)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def run(i):
         out_dir = tmp_path_factory.mktemp(f"case{i:02d}")
         out = out_dir / "out"
-        r = subprocess.run([sys.executable, *_argv(CASES[i], fx, out)], cwd=ROOT, capture_output=True, text=True,
-                           timeout=180)
+        r = run_cli(*_argv(CASES[i], fx, out), timeout=180)
         return r, out_dir, out
 
     before = sorted(p.name for p in fx["root"].iterdir())

@@ -12,13 +12,12 @@ import json
 import os
 import pickle
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from _cli import run_cli
 from _moe_helpers import make_moe
 from _train_helpers import tiny_config, write_corpus
 
@@ -36,7 +35,7 @@ class Payload:
 
 
 def _cli(*args, timeout=180):
-    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return run_cli(*args, timeout=timeout)
 
 
 def _assert_refused(result, marker, what=""):
