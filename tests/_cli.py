@@ -7,8 +7,9 @@ interpreter spends ~3 s of CPU importing torch, transformers and megatron-core b
 suite runs a few hundred such commands. So `run_cli` forks each run from a server process (tests/_cli_server.py)
 that imported those modules once and started nothing else: every run is still its own process, with its own
 exit code, output, working directory, `__main__`, atexit handlers and clean-up, starting from the state a fresh
-interpreter reaches after the same imports, in the environment the caller gives (os.environ by default). Runs
-that change a variable read at import time (HF_*, TORCH_*, ...), or `fresh=True`, get a new interpreter instead.
+interpreter reaches after the same imports, in the environment the caller gives (os.environ by default). A run
+given an environment that changes a variable read at import time (HF_*, TORCH_*, ...), or `fresh=True`, gets a
+new interpreter instead; when os.environ itself changed such a variable, the server is restarted.
 tests/foundation/test_cli_runner.py checks that both ways give the same results. Up to two servers serve runs from different threads at once (the bad-input table runs two at a time).
 """
 from __future__ import annotations
@@ -87,6 +88,19 @@ def _acquire() -> _Server:
     return _idle.get()
 
 
+def _restart(server: _Server) -> _Server:
+    """A server started in today's os.environ in place of `server`."""
+    try:
+        server.close()
+    except Exception:
+        server.proc.kill()
+    with _lock:
+        _started.remove(server)
+        new = _Server()
+        _started.append(new)
+    return new
+
+
 @atexit.register
 def _close_all():
     for server in _started:
@@ -101,13 +115,16 @@ def run_cli(*args, cwd=ROOT, timeout: float = 300, env: dict | None = None,
     """`python *args` in `cwd` with `env` (default: os.environ, as subprocess does) -> CompletedProcess(returncode,
     stdout, stderr) (text; `.forked` says how it ran); raises subprocess.TimeoutExpired after `timeout` s. A fresh
     interpreter runs it when asked, or when a variable that modules read at import (IMPORT_TIME) differs from the
-    server's."""
+    server's (or restarts the server when os.environ itself changed one)."""
     argv = [str(a) for a in args]
     run_env = _environment(env)
     server = None if fresh else _acquire()
     if server is not None and _imports_differ(server.env, run_env):
-        _idle.put(server)
-        server = None
+        if env is None:  # os.environ itself changed: later runs will want the new one too
+            server = _restart(server)
+        else:
+            _idle.put(server)
+            server = None
     if server is None:
         result = subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True,
                                 timeout=timeout, env=env)
