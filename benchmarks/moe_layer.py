@@ -16,8 +16,10 @@ activation memory: the distinct storages saved for backward (parameters excluded
 """
 from __future__ import annotations
 
+import resource
 import statistics
 import time
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -176,8 +178,18 @@ def _memory(module, x) -> dict:
     return {"saved_for_backward_bytes": _saved_bytes(module, x)}
 
 
-def measure_interleaved(steps: dict, device, warmup: int, iters: int, clock=time.perf_counter) -> dict:
-    """Times of each (step, after) pair, timed in alternation with `clock`; returns {name: [seconds, ...]}."""
+def _thread_usage() -> tuple:
+    """(user seconds, system seconds, minor page faults) of this thread so far (Linux)."""
+    ru = resource.getrusage(resource.RUSAGE_THREAD)
+    return ru.ru_utime, ru.ru_stime, ru.ru_minflt
+
+
+def measure_interleaved(steps: dict, device, warmup: int, iters: int, clock=time.perf_counter,
+                        usage: Optional[dict] = None) -> dict:
+    """Times of each (step, after) pair, timed in alternation with `clock`; returns {name: [seconds, ...]}.
+    usage (a dict, filled): {name: [(user s, system s, minor page faults), ...]} of this thread per step, which
+    splits a one-thread CPU time into the layer's own work and the kernel's (fresh memory is faulted in page by
+    page and zeroed: at large widths that is most of a backward that writes new weight gradients)."""
     for _ in range(warmup):
         for step, after in steps.values():
             step()
@@ -186,10 +198,13 @@ def measure_interleaved(steps: dict, device, warmup: int, iters: int, clock=time
     for _ in range(iters):
         for name, (step, after) in steps.items():
             _sync(device)
+            u0 = _thread_usage() if usage is not None else None
             t0 = clock()
             step()
             _sync(device)
             times[name].append(clock() - t0)
+            if usage is not None:
+                usage.setdefault(name, []).append(tuple(b - a for a, b in zip(u0, _thread_usage())))
             after()
     return times
 
@@ -220,11 +235,16 @@ def run_benchmark(hidden=128, ffn=256, experts=8, top_k=2, batch=4, seq=512, dev
     n_mm = max(1, round(flops / (2.0 * GEMM_N**3)))
     steps = {name: layer_step(m, x) for name, m in modules.items()}
     steps["floor"] = gemm_step(device, dtype, n_mm)
-    times = measure_interleaved(steps, device, warmup, iters, time.thread_time if cpu_time else time.perf_counter)
+    usage = {} if cpu_time else None
+    times = measure_interleaved(steps, device, warmup, iters, time.thread_time if cpu_time else time.perf_counter,
+                                usage)
     res = {}
     for name, m in modules.items():
         med = statistics.median(times[name])
         res[name] = {"median_s": med, "tokens_per_s": batch * seq / med, **_memory(m, x)}
+        if usage is not None:
+            res[name].update({key: statistics.median(u[j] for u in usage[name])
+                              for j, key in enumerate(("user_s", "system_s", "minor_faults"))})
     rate = n_mm * 2.0 * GEMM_N**3 / statistics.median(times["floor"])
     floor_s = flops / rate
     out = {"config": dict(hidden=hidden, ffn=ffn, experts=experts, top_k=top_k, batch=batch, seq=seq,

@@ -9,7 +9,8 @@ def main(argv=None) -> None:
     from .signals import exit_with, install_terminate_handlers
 
     install_terminate_handlers()
-    exit_with(run_command("train", sys.argv[1:] if argv is None else argv, prog="python -m megatron_moe.train"))
+    exit_with(run_command("train", sys.argv[1:] if argv is None else argv, prog="python -m megatron_moe.train",
+                          process=True))
 
 
 if __name__ == "__main__":

@@ -65,6 +65,9 @@ def main(argv=None) -> int:
             r = res[name]
             mem = {k: f"{v / 2**20:.1f} MiB" for k, v in r.items() if k.endswith("bytes")}
             print(f"{name:>10}: fwd+bwd {r['median_s'] * 1e3:8.2f} ms  {r['tokens_per_s']:10.0f} tokens/s  {mem}")
+            if "user_s" in r:
+                print(f"{'':>10}  of which user {r['user_s'] * 1e3:.0f} ms, system {r['system_s'] * 1e3:.0f} ms, "
+                      f"{r['minor_faults']:.0f} minor page faults (medians)")
         fl = res["floor"]
         print(f"     floor: fwd+bwd {fl['median_s'] * 1e3:8.2f} ms  (expert matmul FLOPs at "
               f"{fl['gemm_flops_per_s'] / 1e9:.1f} GFLOP/s, this machine's GEMM rate measured in the alternation)")

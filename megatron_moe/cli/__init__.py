@@ -12,6 +12,7 @@ shared flags, the one-line error reporting and the exit codes (docs/cli.md).
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import sys
@@ -54,14 +55,19 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
     """Keep the module docstring's layout; show defaults."""
 
 
-def run_command(command: str, argv: Sequence[str], prog: Optional[str] = None) -> int:
+def run_command(command: str, argv: Sequence[str], prog: Optional[str] = None, process: bool = False) -> int:
     """Parse `argv` for `command` and run it; returns the exit code (errors are one line, exit 2; an interrupt
     during start-up or work is one line and 128 + its number, docs/cli.md). Process entry points (`main`,
-    `tool`, `python -m megatron_moe.train`) first make SIGTERM/SIGHUP interrupts (signals.py)."""
+    `tool`, `python -m megatron_moe.train`) first make SIGTERM/SIGHUP interrupts (signals.py) and pass
+    process=True: the objects the command's imports created are then frozen out of the cyclic garbage collector
+    (`gc.freeze`), whose full collections otherwise walk torch's and transformers' ~10^6 module objects again and
+    again (13% of a checkpoint conversion's time, docs/benchmarks.md)."""
     setup_logging()
 
     def start() -> int:
         mod = _module(command)  # imports torch & co: a Ctrl-C here is handled like one during the work
+        if process:
+            gc.freeze()
         if getattr(mod, "RAW_ARGS", False):  # commands that hand their arguments to another parser (launch)
             return mod.main(list(argv))
         args = build_parser(command, prog).parse_args(list(argv))
@@ -76,7 +82,7 @@ def tool(command: str) -> None:
     from ..signals import exit_with, install_terminate_handlers
 
     install_terminate_handlers()
-    exit_with(run_command(command, sys.argv[1:], prog=os.path.basename(sys.argv[0])))
+    exit_with(run_command(command, sys.argv[1:], prog=os.path.basename(sys.argv[0]), process=True))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -94,4 +100,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from ..signals import exit_with, install_terminate_handlers
 
     install_terminate_handlers()
-    exit_with(run_command(argv[0], argv[1:]))
+    exit_with(run_command(argv[0], argv[1:], process=True))

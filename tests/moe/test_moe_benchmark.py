@@ -104,6 +104,11 @@ def test_moe_benchmark_cpu_time(tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
     assert res["config"]["clock"] == "thread CPU time" and res["config"]["threads"] == 1
+    for name in ("ours", "loop"):  # the split adds up to the CPU time it splits
+        u = res[name]
+        assert u["user_s"] >= 0 and u["system_s"] >= 0 and u["minor_faults"] >= 0
+        assert abs(u["user_s"] + u["system_s"] - u["median_s"]) < 0.02 + 0.1 * u["median_s"], u
+    assert r.stdout.count("minor page faults (medians)") == 2
 
 
 def test_moe_benchmark_bad_input():
