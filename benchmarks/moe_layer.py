@@ -1,5 +1,5 @@
 """MoE layer forward+backward benchmark, driven by tools/benchmark_moe_layer.py. Measured in one process, timings
-alternating (A B C A B C ...) so that a machine whose speed drifts (shared CPUs, turbo, thermal) biases no side:
+alternating in a rotating order (A B C, B C A, C A B, ...) so that a machine whose speed drifts (shared CPUs, turbo, thermal) biases no side:
 
   ours        our MoELayer as a Mixtral router (softmax_topk, score scale 1, aux and z losses off)
   loop        the baseline written here: a plain loop over experts, each expert its own three `nn.Linear`
@@ -186,7 +186,9 @@ def _thread_usage() -> tuple:
 
 def measure_interleaved(steps: dict, device, warmup: int, iters: int, clock=time.perf_counter,
                         usage: Optional[dict] = None) -> dict:
-    """Times of each (step, after) pair, timed in alternation with `clock`; returns {name: [seconds, ...]}.
+    """Times of each (step, after) pair, timed in alternation with `clock`, the order rotated every iteration
+    (A B C, B C A, C A B, ...: on a VM, memory one step frees and the next allocates costs the next one less, so a
+    fixed order favours whoever follows a big step); returns {name: [seconds, ...]}.
     usage (a dict, filled): {name: [(user s, system s, minor page faults), ...]} of this thread per step, which
     splits a one-thread CPU time into the layer's own work and the kernel's (fresh memory is faulted in page by
     page and zeroed: at large widths that is most of a backward that writes new weight gradients)."""
@@ -195,8 +197,10 @@ def measure_interleaved(steps: dict, device, warmup: int, iters: int, clock=time
             step()
             after()
     times = {name: [] for name in steps}
-    for _ in range(iters):
-        for name, (step, after) in steps.items():
+    names = list(steps)
+    for i in range(iters):
+        for name in names[i % len(names):] + names[:i % len(names)]:  # rotated: no step always follows the same one
+            step, after = steps[name]
             _sync(device)
             u0 = _thread_usage() if usage is not None else None
             t0 = clock()
