@@ -1,5 +1,6 @@
 """MoE layer forward+backward benchmark, driven by tools/benchmark_moe_layer.py. Measured in one process, timings
-alternating in a rotating order (A B C, B C A, C A B, ...) so that a machine whose speed drifts (shared CPUs, turbo, thermal) biases no side:
+alternating in a rotating order (A B C, B C A, C A B, ...) so that a machine whose speed drifts (shared CPUs, turbo,
+thermal) biases no side:
 
   ours        our MoELayer as a Mixtral router (softmax_topk, score scale 1, aux and z losses off)
   loop        the baseline written here: a plain loop over experts, each expert its own three `nn.Linear`

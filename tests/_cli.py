@@ -10,7 +10,8 @@ exit code, output, working directory, `__main__`, atexit handlers and clean-up, 
 interpreter reaches after the same imports, in the environment the caller gives (os.environ by default). A run
 given an environment that changes a variable read at import time (HF_*, TORCH_*, ...), or `fresh=True`, gets a
 new interpreter instead; when os.environ itself changed such a variable, the server is restarted.
-tests/foundation/test_cli_runner.py checks that both ways give the same results. Up to two servers serve runs from different threads at once (the bad-input table runs two at a time).
+tests/foundation/test_cli_runner.py checks that both ways give the same results. Up to two servers serve runs
+from different threads at once (the bad-input table runs two at a time).
 """
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
 """The process `_cli.run_cli` forks command-line runs from (started by it; not a test).
 
 It imports what every command imports (torch, DCP, transformers' LLaMA classes, megatron-core, our package) once,
-starts no thread, then serves one run at a time: a JSON request line on stdin ({argv, cwd, env, stdout, stderr, timeout}) ->
-fork -> the child runs `python ARGV...` as the interpreter would (sys.argv, sys.path[0], `__main__`, exit code,
-atexit handlers) with its stdout/stderr in the given files and stdin from /dev/null -> a JSON reply line
-({returncode}) on stdout. A run that outlives its timeout is killed (returncode -9, like subprocess's).
+starts no thread, then serves one run at a time: a JSON request line on stdin ({argv, cwd, env, stdout, stderr,
+timeout}) -> fork -> the child runs `python ARGV...` as the interpreter would (sys.argv, sys.path[0], `__main__`,
+exit code, atexit handlers) in the given environment, with its stdout/stderr in the given files and stdin from
+/dev/null -> a JSON reply line ({returncode}) on stdout. A run that outlives its timeout is killed (returncode -9,
+like subprocess's).
 """
 import atexit
 import importlib
@@ -19,8 +20,8 @@ import warnings
 
 
 PRELOAD = ["torch", "torch.distributed.checkpoint", "transformers", "transformers.models.llama.modeling_llama",
-           "megatron.core.parallel_state", "megatron_moe.cli", "megatron_moe.training", "megatron_moe.construct.convert",
-           "megatron_moe.formats", "megatron_moe.data", "megatron_moe.export"]
+           "megatron.core.parallel_state", "megatron_moe.cli", "megatron_moe.training",
+           "megatron_moe.construct.convert", "megatron_moe.formats", "megatron_moe.data", "megatron_moe.export"]
 
 
 def _exit_code(exc: SystemExit) -> int:
