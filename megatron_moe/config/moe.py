@@ -84,7 +84,7 @@ class MoEConfig:
         if self.moe_layers is not None:
             return sum(1 for i in set(self.moe_layers) if i in layers)
         f = self.layer_freq  # multiples of f in [start, stop)
-        return (layers.stop - 1) // f - (layers.start - 1) // f if layers.start > 0 else (layers.stop - 1) // f + 1
+        return (layers.stop - 1) // f - (layers.start - 1) // f  # floor division: start 0 counts layer 0
 
     def validate(self, model: ModelConfig) -> None:
         _at_least("moe", self, ("num_experts", "aux_loss_coeff", "z_loss_coeff", "noise_epsilon", "switch_jitter",
