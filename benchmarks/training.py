@@ -132,3 +132,68 @@ def gpu_step(cfg: Config, device: torch.device, micro_batch: int = 1, steps: int
             "flops_per_token": fpt, "peak_tflops": peak, "achieved_tflops": tps * fpt / 1e12,
             "mfu": tps * fpt / (peak * 1e12) if peak else None,
             "max_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+
+
+# host_memory_ab: the `train` command on CPU with train.keep_host_memory true against false (glibc's default
+# allocator), whole processes alternating, on the demo corpus; a model wide enough that its gradients and
+# activations are blocks glibc maps and unmaps (over 32 MiB).
+HOST_MEMORY_MODEL = ("model.preset=llama3.2-1b", "model.num_layers=2", "model.vocab_size=512", "model.bos_token_id=1",
+                     "model.eos_token_id=2", "moe.num_experts=8", "moe.top_k=2", "data.seq_len=256",
+                     "train.micro_batch_size=2", "train.global_batch_size=4")
+
+
+def host_memory_ab(workdir, steps: int = 30, warmup: int = 5, repeats: int = 2, model=HOST_MEMORY_MODEL) -> dict:
+    """Per setting (keep, system): median step time and tokens/s over the steps after `warmup` (pooled over
+    repeats), user and system CPU seconds and peak RSS (ru_maxrss) of the whole process (medians over repeats),
+    RSS after the last step (the trainer's mem_rss_gib); and the losses of both, which must be identical."""
+    import json
+    import os
+    import shutil
+    import statistics
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from megatron_moe.data.local_corpus import prepare_demo_data
+
+    work = Path(workdir)
+    if work.exists():
+        shutil.rmtree(work)
+    data = prepare_demo_data(work / "data")
+    root = Path(__file__).resolve().parents[1]
+    domains = ", ".join(f"{{name: {d}, prefixes: [{p}], weight: 0.5}}" for d, p in data["prefixes"].items())
+    base = [sys.executable, "-m", "megatron_moe.train", "--config", str(root / "examples/configs/tiny_cpu.yaml"),
+            f"data.domains=[{domains}]", "data.sampling=static", "parallel.ep=1", f"train.train_steps={steps}",
+            "train.eval_interval=0", "checkpoint.save_interval=0", "train.log_interval=1",
+            "logging.tensorboard=false", *model]
+    runs: dict = {"keep": [], "system": []}
+    for r in range(repeats):
+        for name in (("keep", "system") if r % 2 == 0 else ("system", "keep")):
+            run_dir = work / f"run_{name}_{r}"
+            cmd = base + [f"logging.run_dir={run_dir}", f"train.keep_host_memory={name == 'keep'}"]
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=root,
+                                    env={k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"})
+            _, status, ru = os.wait4(proc.pid, 0)
+            err = proc.stderr.read().decode()
+            proc.stderr.close()
+            if os.waitstatus_to_exitcode(status):
+                raise RuntimeError(f"train failed: {err[-2000:]}")
+            recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            recs = [x for x in recs if "loss" in x]
+            runs[name].append(dict(step_s=[x["step_time_s"] for x in recs[warmup:]],
+                                   tokens_per_s=[x["tokens_per_sec"] for x in recs[warmup:]],
+                                   losses=[x["loss"] for x in recs], user_s=ru.ru_utime, system_s=ru.ru_stime,
+                                   peak_rss_gib=ru.ru_maxrss / 2 ** 20, last_rss_gib=recs[-1]["mem_rss_gib"],
+                                   said="freed host memory is kept for reuse" in err))
+            shutil.rmtree(run_dir)
+    out = {}
+    for name, rs in runs.items():
+        med = lambda key: statistics.median(x[key] for x in rs)  # noqa: E731
+        out[name] = dict(step_s=statistics.median(s for x in rs for s in x["step_s"]),
+                         tokens_per_s=statistics.median(t for x in rs for t in x["tokens_per_s"]),
+                         user_s=med("user_s"), system_s=med("system_s"), peak_rss_gib=med("peak_rss_gib"),
+                         last_rss_gib=med("last_rss_gib"), said_kept=all(x["said"] for x in rs))
+    out["speedup"] = out["system"]["step_s"] / out["keep"]["step_s"]
+    out["same_losses"] = all(a["losses"] == b["losses"] for a, b in zip(runs["keep"], runs["system"]))
+    out["config"] = dict(steps=steps, warmup=warmup, repeats=repeats, model=list(model))
+    return out

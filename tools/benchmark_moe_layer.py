@@ -38,6 +38,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-time", action="store_true",
                     help="time with the main thread's CPU time (needs --threads 1): on a shared machine this leaves "
                          "out the time spent waiting for a core")
+    ap.add_argument("--host-malloc", default="keep", choices=["keep", "system"],
+                    help="keep: the process keeps freed host memory for reuse, as CPU training does "
+                         "(megatron_moe/host_memory.py); system: glibc's default (large blocks unmapped on free)")
     ap.add_argument("--no-mixtral", action="store_true",
                     help="skip transformers' Mixtral block (slow, and a second copy of the weights, at large shapes)")
     add_json(ap)
@@ -53,11 +56,17 @@ def main(argv=None) -> int:
             raise UserError("--warmup must be >= 0 and --iters >= 1")
         if args.threads:
             torch.set_num_threads(args.threads)
+        malloc = "system"
+        if args.host_malloc == "keep":
+            from megatron_moe.host_memory import keep_freed_host_memory
+
+            malloc = keep_freed_host_memory()
         if args.cpu_time and torch.get_num_threads() != 1:
             raise UserError("--cpu-time needs --threads 1 (the time of other threads would not be counted)")
         res = run_benchmark(args.hidden, args.ffn, args.experts, args.top_k, args.batch, args.seq, args.device,
                             torch_dtype(args.dtype), args.warmup, args.iters, args.use_kernels,
                             mixtral=not args.no_mixtral, cpu_time=args.cpu_time)
+        res["config"]["host_malloc"] = malloc
         print(f"config: {res['config']}  (outputs agree to {res['max_abs_diff']:.2e})")
         for name in ("ours", "loop", "mixtral_hf"):
             if name not in res:

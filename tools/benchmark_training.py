@@ -5,6 +5,9 @@
         tokens/s of fwd+bwd+AdamW for our MoE model vs transformers MixtralForCausalLM (same config and data)
     python tools/benchmark_training.py gpu [--layers 4 --seq 4096 --micro-batch 1 --steps 5]
         one training step of LLaMA-MoE-3.5B-shaped layers on the current GPU, with MFU on activated parameters
+    python tools/benchmark_training.py host-memory [--steps 30 --warmup 5 --repeats 2 --workdir DIR]
+        the `train` command on CPU with train.keep_host_memory=true against false (glibc's default allocator),
+        whole processes alternating: step time, CPU time, peak RSS, and that the losses are identical
 
 The benchmark code lives in benchmarks/training.py (not installed with the package: run from the repository).
 """
@@ -32,6 +35,10 @@ def main() -> int:
     gp = sub.add_parser("gpu")
     for name, default in (("layers", 4), ("seq", 4096), ("micro-batch", 1), ("steps", 5)):
         gp.add_argument(f"--{name}", type=int, default=default)
+    hm = sub.add_parser("host-memory")
+    for name, default in (("steps", 30), ("warmup", 5), ("repeats", 2)):
+        hm.add_argument(f"--{name}", type=int, default=default)
+    hm.add_argument("--workdir", default="/tmp/bench_host_memory")
     args = p.parse_args()
 
     def go() -> int:
@@ -41,7 +48,17 @@ def main() -> int:
 
         stamp = {"date": datetime.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
                  "torch": torch.__version__}
-        if args.mode == "cpu":
+        if args.mode == "host-memory":
+            out = {**stamp, **bench.host_memory_ab(args.workdir, args.steps, args.warmup, args.repeats)}
+            k, s = out["keep"], out["system"]
+            print(f"keep:   step {k['step_s'] * 1e3:.0f} ms ({k['tokens_per_s']:.0f} tokens/s), CPU user "
+                  f"{k['user_s']:.1f} s system {k['system_s']:.1f} s, peak RSS {k['peak_rss_gib']:.2f} GiB, "
+                  f"after the last step {k['last_rss_gib']:.2f} GiB")
+            print(f"system: step {s['step_s'] * 1e3:.0f} ms ({s['tokens_per_s']:.0f} tokens/s), CPU user "
+                  f"{s['user_s']:.1f} s system {s['system_s']:.1f} s, peak RSS {s['peak_rss_gib']:.2f} GiB, "
+                  f"after the last step {s['last_rss_gib']:.2f} GiB")
+            print(f"step time system / keep: {out['speedup']:.2f}x; losses identical: {out['same_losses']}")
+        elif args.mode == "cpu":
             if args.threads:
                 torch.set_num_threads(args.threads)
             cfg = bench.demo_config(args.layers, args.hidden, args.experts, args.top_k, args.ffn, seq_len=args.seq)

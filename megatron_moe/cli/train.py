@@ -8,10 +8,12 @@ Restarting with the same logging.run_dir resumes from RUN_DIR/checkpoints/latest
 (train.stop_signals) finish the step, save a checkpoint and exit with 75; a second job on the same run directory
 is refused (docs/cli.md, "Signals"). Before any process group,
 output directory or model exists, the config, data, tokenizer, checkpoint and run directory are validated
-(training/preflight.py); a problem is one `error:` line and exit code 2.
+(training/preflight.py); a problem is one `error:` line and exit code 2. On CPU (gloo) the process keeps freed
+host memory for reuse instead of faulting it in again every step (train.keep_host_memory, host_memory.py).
 """
 from __future__ import annotations
 
+import logging
 import sys
 
 
@@ -37,6 +39,10 @@ def main(args) -> int:
         report = preflight(cfg, args.world_size)
         print(report.summary())
         return 0
+    if cfg.train.keep_host_memory and _on_cpu(cfg.parallel.backend):
+        from ..host_memory import keep_freed_host_memory
+
+        logging.getLogger(__name__).info("%s", keep_freed_host_memory())
     try:
         run_training(cfg)
     except TrainingStopped as stopped:
@@ -46,3 +52,12 @@ def main(args) -> int:
                   f"resume (exit {EXIT_STOPPED})", file=sys.stderr, flush=True)
         return EXIT_STOPPED
     return 0
+
+
+def _on_cpu(backend: str) -> bool:
+    """Whether this rank trains on the CPU (parallel.backend gloo, or auto without CUDA: parallel/state.py)."""
+    if backend == "auto":
+        import torch
+
+        return not torch.cuda.is_available()
+    return backend == "gloo"

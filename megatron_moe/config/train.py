@@ -55,6 +55,11 @@ class TrainConfig:
     offload_optimizer: bool = False
     """Keep the sharded fp32 master weights, gradients and AdamW state in host memory and run AdamW on the CPU
     (FSDP2's CPUOffloadPolicy); needs sharding zero2 or fsdp."""
+    keep_host_memory: bool = True
+    """On CPU (gloo), the train command's process keeps freed host memory for reuse (glibc malloc: no mmap for
+    large blocks, no trimming; megatron_moe/host_memory.py) instead of faulting the gradients and activations it
+    frees every step in again: faster steps, memory held at its high-water mark until exit. Ignored on CUDA, and
+    where GLIBC_TUNABLES, MALLOC_*_ or LD_PRELOAD chose the allocator."""
     eval_interval: int = 0
     """Evaluate per-domain validation loss every N steps (0 = never)."""
     eval_iters: int = 4

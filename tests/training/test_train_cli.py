@@ -38,6 +38,7 @@ def test_torchrun_ep2_then_resume(config_file):
     assert (root / "run" / "checkpoints" / "latest").read_text() == "step_00000003"
     assert yaml.safe_load((root / "run" / "config.yaml").read_text())["train"]["train_steps"] == 3
     assert "step 3/3" in second.stderr
+    assert "freed host memory is kept for reuse" in first.stderr  # CPU training (host_memory.py)
 
 
 def test_bad_override_is_one_line_error(config_file):
