@@ -5,9 +5,10 @@
         tokens/s of fwd+bwd+AdamW for our MoE model vs transformers MixtralForCausalLM (same config and data)
     python tools/benchmark_training.py gpu [--layers 4 --seq 4096 --micro-batch 1 --steps 5]
         one training step of LLaMA-MoE-3.5B-shaped layers on the current GPU, with MFU on activated parameters
-    python tools/benchmark_training.py host-memory [--steps 30 --warmup 5 --repeats 2 --workdir DIR]
+    python tools/benchmark_training.py host-memory [--steps 30 --warmup 5 --repeats 2 --workdir DIR] [KEY=VALUE ...]
         the `train` command on CPU with train.keep_host_memory=true against false (glibc's default allocator),
-        whole processes alternating: step time, CPU time, peak RSS, and that the losses are identical
+        whole processes alternating: step time, CPU time, peak RSS, and that the losses are identical; KEY=VALUE
+        overrides replace the model (default: benchmarks/training.py HOST_MEMORY_MODEL)
 
 The benchmark code lives in benchmarks/training.py (not installed with the package: run from the repository).
 """
@@ -39,6 +40,7 @@ def main() -> int:
     for name, default in (("steps", 30), ("warmup", 5), ("repeats", 2)):
         hm.add_argument(f"--{name}", type=int, default=default)
     hm.add_argument("--workdir", default="/tmp/bench_host_memory")
+    hm.add_argument("model", nargs="*", help="train overrides that replace the default model")
     args = p.parse_args()
 
     def go() -> int:
@@ -49,7 +51,8 @@ def main() -> int:
         stamp = {"date": datetime.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
                  "torch": torch.__version__}
         if args.mode == "host-memory":
-            out = {**stamp, **bench.host_memory_ab(args.workdir, args.steps, args.warmup, args.repeats)}
+            out = {**stamp, **bench.host_memory_ab(args.workdir, args.steps, args.warmup, args.repeats,
+                                                       tuple(args.model) or bench.HOST_MEMORY_MODEL)}
             k, s = out["keep"], out["system"]
             print(f"keep:   step {k['step_s'] * 1e3:.0f} ms ({k['tokens_per_s']:.0f} tokens/s), CPU user "
                   f"{k['user_s']:.1f} s system {k['system_s']:.1f} s, peak RSS {k['peak_rss_gib']:.2f} GiB, "
