@@ -53,13 +53,11 @@ def main() -> int:
         if args.mode == "host-memory":
             out = {**stamp, **bench.host_memory_ab(args.workdir, args.steps, args.warmup, args.repeats,
                                                        tuple(args.model) or bench.HOST_MEMORY_MODEL)}
-            k, s = out["keep"], out["system"]
-            print(f"keep:   step {k['step_s'] * 1e3:.0f} ms ({k['tokens_per_s']:.0f} tokens/s), CPU user "
-                  f"{k['user_s']:.1f} s system {k['system_s']:.1f} s, peak RSS {k['peak_rss_gib']:.2f} GiB, "
-                  f"after the last step {k['last_rss_gib']:.2f} GiB")
-            print(f"system: step {s['step_s'] * 1e3:.0f} ms ({s['tokens_per_s']:.0f} tokens/s), CPU user "
-                  f"{s['user_s']:.1f} s system {s['system_s']:.1f} s, peak RSS {s['peak_rss_gib']:.2f} GiB, "
-                  f"after the last step {s['last_rss_gib']:.2f} GiB")
+            for name in ("keep", "system"):
+                r = out[name]
+                print(f"{name + ':':<7} step {r['step_s'] * 1e3:.0f} ms ({r['tokens_per_s']:.0f} tokens/s), CPU user "
+                      f"{r['user_s']:.1f} s system {r['system_s']:.1f} s, peak RSS {r['peak_rss_gib']:.2f} GiB, "
+                      f"after the last step {r['last_rss_gib']:.2f} GiB")
             print(f"step time system / keep: {out['speedup']:.2f}x; losses identical: {out['same_losses']}")
         elif args.mode == "cpu":
             if args.threads:

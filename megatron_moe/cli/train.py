@@ -27,6 +27,7 @@ def add_arguments(p) -> None:
 
 def main(args) -> int:
     from ..config import load_config
+    from ..parallel.state import resolve_backend
     from ..training import run_training
     from ..training.preflight import preflight
 
@@ -39,7 +40,7 @@ def main(args) -> int:
         report = preflight(cfg, args.world_size)
         print(report.summary())
         return 0
-    if cfg.train.keep_host_memory and _on_cpu(cfg.parallel.backend):
+    if cfg.train.keep_host_memory and resolve_backend(cfg.parallel.backend) == "gloo":  # training on the CPU
         from ..host_memory import keep_freed_host_memory
 
         logging.getLogger(__name__).info("%s", keep_freed_host_memory())
@@ -53,11 +54,3 @@ def main(args) -> int:
         return EXIT_STOPPED
     return 0
 
-
-def _on_cpu(backend: str) -> bool:
-    """Whether this rank trains on the CPU (parallel.backend gloo, or auto without CUDA: parallel/state.py)."""
-    if backend == "auto":
-        import torch
-
-        return not torch.cuda.is_available()
-    return backend == "gloo"

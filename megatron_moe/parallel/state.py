@@ -82,14 +82,19 @@ def _device_for(backend: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def resolve_backend(backend: str) -> str:
+    """parallel.backend with auto resolved: nccl where CUDA is available, else gloo (CPU)."""
+    if backend == "auto":
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    return backend
+
+
 def init_parallel(cfg: ParallelConfig, env: Optional[LaunchEnv] = None, timeout_s: int = 600) -> ParallelState:
     """Initialise torch.distributed (if world > 1 or already up) and megatron-core parallel_state."""
     from megatron.core import parallel_state as mpu
 
     env = env or detect_launch_env()
-    backend = cfg.backend
-    if backend == "auto":
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = resolve_backend(cfg.backend)
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", env.master_addr)
         if env.launcher == "single" and "MASTER_PORT" not in os.environ:
