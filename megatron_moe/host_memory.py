@@ -6,8 +6,11 @@ activations), so each step the kernel maps and zeroes them again, one 4 KiB page
 expert width that was 5.6 GB and 1.4 million faults per MoE layer step, more time in the kernel than in the
 matmuls (docs/benchmarks.md). `keep_freed_host_memory()` asks glibc (`mallopt`) to serve large blocks from the
 heap (M_MMAP_MAX = 0) and never to give the heap's free top back (M_TRIM_THRESHOLD = -1): freed blocks are then
-reused by the next step. The cost: the process's memory stays at its high-water mark (plus fragmentation) until
-it exits, which a training process reaches every step anyway.
+reused by the next step. The cost: the process's memory stays at its high-water mark until it exits, plus
+fragmentation. glibc before 2.38 (Debian 12 has 2.36) cannot hand a freed block to the next aligned request of
+the same size while a small object sits right after it (torch's posix_memalign asks for a little more), so the
+heap grows until freed blocks coalesce: +7-11% peak RSS in CPU training (docs/benchmarks.md), and 8x for one
+256 MiB tensor re-allocated alone in a loop, levelling off after ~7 rounds (tests/foundation/test_host_memory.py).
 
 Nothing is changed where the user chose the allocator: GLIBC_TUNABLES naming glibc.malloc, a MALLOC_*_ variable
 (glibc's older spelling), or an LD_PRELOAD'ed allocator (jemalloc, tcmalloc, mimalloc). Not glibc (musl, macOS):
