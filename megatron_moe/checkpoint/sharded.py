@@ -8,9 +8,8 @@ shard), over the ranks of this rank's pipeline stage in megatron-core order (all
 parallelism); meshes are placement only (no process groups: DCP talks over the default group). Under pipeline
 parallelism ranks hold different tensors: every rank takes part in the save and load of every part (the union
 over ranks, possibly with nothing of its own), so the collective calls match. DCP writes each global chunk once
-(replicas are deduplicated) and, on
-load, reads only the chunks that overlap this rank's piece, so a checkpoint saved at one TP/EP/DP/sharding layout
-loads into any other.
+(replicas are deduplicated) and, on load, reads only the chunks that overlap this rank's piece, so a checkpoint
+saved at one TP/EP/DP/sharding layout loads into any other.
 """
 from __future__ import annotations
 
