@@ -7,6 +7,11 @@
     # streaming conversion of a LLaMA-2-7B-shaped random bf16 checkpoint (HF sharded safetensors, N layers)
     # vs `cp -r` + `sync` of the same files, alternating, medians: wall time, CPU time and peak RSS
     python tools/benchmark_construction.py streaming --layers 16,32 --repeats 3 --workdir /work/bench7b
+
+    # writing checkpoint parts (one converted LLaMA-2-7B layer each, fresh tensors per part as the converter
+    # makes them): ours (checkpoint.store.dcp_save, 1 MiB writes) vs DCP's FileSystemWriter as it comes,
+    # alternating, same bytes; wall time of the writes and of the sync after them
+    python tools/benchmark_construction.py write --parts 4 --repeats 4 --workdir /work/bench_write
 """
 from __future__ import annotations
 
@@ -208,6 +213,67 @@ def bench_streaming(args) -> None:
               f"{ratio:.2f}× | {rss:.2f} GiB | {cpu_cp:.1f} s / {cpu_cv:.1f} s |")
 
 
+def _converted_layer(seed: int) -> dict:
+    """One LLaMA-2-7B layer as the converter writes it (16 experts of 688, bf16): 405 MB in 9 tensors."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *shape: torch.randn(*shape, generator=g).to(torch.bfloat16)  # noqa: E731
+    D, E, F_e = 4096, 16, 688
+    return {**{f"attn.w{n}": rnd(D, D) for n in "qkvo"}, "moe.gate": rnd(E, D), "moe.w1": rnd(E, F_e, D),
+            "moe.w3": rnd(E, F_e, D), "moe.w2": rnd(E, D, F_e), "norm": torch.ones(D, dtype=torch.bfloat16)}
+
+
+def bench_write(args) -> None:
+    """dcp_save (1 MiB writes) against DCP's own FileSystemWriter on the same tensors, alternating."""
+    import statistics
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    from megatron_moe.checkpoint.store import dcp_save
+
+    def dcp_as_it_comes(tensors, path):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dcp.save(tensors, storage_writer=dcp.FileSystemWriter(str(path), sync_files=False), no_dist=True)
+
+    writers = {"ours": lambda t, p: dcp_save(t, p, no_dist=True, sync_files=False), "DCP": dcp_as_it_comes}
+    print(_header())
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    times = {w: [] for w in writers}
+    size = 0
+    try:
+        for r in range(args.repeats):
+            for who in (("ours", "DCP") if r % 2 == 0 else ("DCP", "ours")):
+                wall = 0.0
+                for i in range(args.parts):
+                    tensors = _converted_layer(seed=i)  # fresh memory each part, as in a conversion
+                    t0 = time.perf_counter()
+                    writers[who](tensors, work / who / f"layer_{i:03d}")
+                    wall += time.perf_counter() - t0
+                    del tensors
+                t0 = time.perf_counter()
+                os.sync()
+                synced = time.perf_counter() - t0
+                size = sum(f.stat().st_size for f in (work / who).rglob("*") if f.is_file())
+                times[who].append((wall, synced))
+                print(f"  repeat {r + 1}: {who} wrote {size / 2**30:.2f} GiB in {wall:.2f} s "
+                      f"({size / wall / 1e9:.2f} GB/s), sync {synced:.2f} s")
+                shutil.rmtree(work / who)
+                os.sync()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    med = {w: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)) for w, ts in times.items()}
+    print(f"medians of {args.repeats} alternating repeats, {args.parts} parts of {size / args.parts / 1e6:.0f} MB")
+    print("| writer | write | GB/s | sync after | write + sync |")
+    print("| --- | --- | --- | --- | --- |")
+    for w, (wall, synced) in med.items():
+        print(f"| {w} | {wall:.2f} s | {size / wall / 1e9:.2f} | {synced:.2f} s | {wall + synced:.2f} s |")
+    ratio = sum(med["DCP"]) / sum(med["ours"])
+    print(f"write + sync, DCP's writer / ours: {ratio:.2f}x")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -226,6 +292,10 @@ def main(argv=None) -> int:
     s.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
     s.add_argument("--repeats", type=int, default=3, help="alternating cp / convert pairs; medians are reported")
     s.add_argument("--keep", action="store_true", help="keep the generated files")
+    w = sub.add_parser("write", help="writing checkpoint parts: ours vs DCP's FileSystemWriter as it comes")
+    w.add_argument("--workdir", default="/tmp/bench_write")
+    w.add_argument("--parts", type=int, default=4, help="parts (one converted 7B layer each) per repeat")
+    w.add_argument("--repeats", type=int, default=4, help="alternating pairs; medians are reported")
     m = sub.add_parser("make-slice", help=argparse.SUPPRESS)
     m.add_argument("path")
     m.add_argument("layers", type=int)
@@ -234,7 +304,7 @@ def main(argv=None) -> int:
     if args.cmd == "make-slice":
         _write_7b_slice(Path(args.path), args.layers, dtype=args.dtype)
         return 0
-    {"clustering": bench_clustering, "streaming": bench_streaming}[args.cmd](args)
+    {"clustering": bench_clustering, "streaming": bench_streaming, "write": bench_write}[args.cmd](args)
     return 0
 
 

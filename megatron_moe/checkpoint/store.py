@@ -20,6 +20,7 @@ from ..atomic import StagedWriter
 from ..errors import CheckpointError
 from .format import CONFIG, INDEX, MODEL_DIR, TOKENIZER_FILES, read_index, resolve
 from .safe_dcp import SafeFileSystemReader, read_metadata_file
+from .write_stream import use_piecewise_writes
 
 
 def part_of(name: str) -> str:
@@ -31,10 +32,12 @@ def part_of(name: str) -> str:
 
 def dcp_save(tensors: dict, path: Path, no_dist: bool, sync_files: bool = True, threads: int = 1) -> None:
     """Write one DCP part; sync_files=False leaves flushing to the caller (one pass at commit); threads > 1
-    writes that many files in parallel (serialisation overlaps the writes)."""
+    writes that many files in parallel (serialisation overlaps the writes). Files reach the OS in pieces of at
+    most 1 MiB (checkpoint/write_stream.py)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         writer = dcp.FileSystemWriter(str(path), sync_files=sync_files, thread_count=threads)
+        use_piecewise_writes(writer)
         dcp.save(tensors, storage_writer=writer, no_dist=no_dist)
 
 
