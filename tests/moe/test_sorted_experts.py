@@ -88,6 +88,29 @@ def test_sorted_rows_match_reference(E, F_, D, counts, dtype, tol, weighted):
                 assert torch.equal(w.grad[i], torch.zeros_like(w.grad[i]))
 
 
+def test_cpu_forward_in_weight_blocks_matches_whole_matmuls():
+    """F and D of ≥ 2 blocks (W_BLOCK rows), with a ragged last block: fp64 outputs and gradients against the
+    reference; fp32 outputs against whole-weight matmuls in the order the forward uses (same sums, other blocks)."""
+    from megatron_moe.model.moe.sorted_mlp import W_BLOCK
+
+    E, F_, D, counts = 3, 2 * W_BLOCK + 76, 2 * W_BLOCK + 6, [3, 0, 2]
+    test_sorted_rows_match_reference(E, F_, D, counts, torch.float64, 1e-12, weighted=True)
+    ex = experts_with(E, F_, D, seed=7)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(sum(counts), D, generator=gen)
+    r = torch.rand(sum(counts), generator=gen)
+    with torch.no_grad():
+        y = ex.sorted_rows(x, r, counts)
+        want, start = [], 0
+        for i, n in enumerate(counts):
+            x_n = x[start:start + n]
+            h = F.silu(torch.mm(x_n, ex.w1[i].t())) * torch.mm(x_n, ex.w3[i].t()) * r[start:start + n, None]
+            want.append(torch.mm(h, ex.w2[i].t()))
+            start += n
+    want = torch.cat(want)
+    assert (y - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+
+
 def test_grads_accumulate_and_frozen_weights_get_none():
     """A second backward adds to .grad like any parameter; a frozen weight and an input that needs no gradient
     get none, and the others are unchanged."""

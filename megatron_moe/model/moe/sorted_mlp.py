@@ -19,6 +19,12 @@ the same as scaling the [n, D] output (the projection is linear) at F/D of the m
 the row-wise dot product of dL/d(h) and h, also on [n, F]. Weighting the [R, D] output outside instead cost a
 pass over it forward, two in backward, and kept the unweighted output for the weight's gradient.
 
+On CPU, the forward matmuls `x @ wᵀ` with a weight of ≥ 2·W_BLOCK rows (Mixtral's 14336-row w1/w3, the 4096-row
+w2) run in blocks of W_BLOCK weight rows, each written into its columns of the output: MKL's sgemm for a few dozen
+rows against a whole 14336 × 4096 weight ran 1.1–1.4× slower than the same products in 512-row blocks (fp32, 1 and
+2 threads, 32–512 rows; bitwise the same result; docs/benchmarks.md). The backward matmuls gained nothing from
+blocking and are left whole.
+
 Saved for backward: silu's input h1 and the up projection h3 (silu(h1) * h3 is recomputed), x when a weight
 needs its gradient, the routing weights, and references to the weights; the autograd loop also kept silu(h1)
 and the product. The elementwise derivative is aten's own `silu_backward`, as autograd uses.
@@ -72,14 +78,14 @@ class _SortedSwiGLU(torch.autograd.Function):
         h1_RF = x_RD.new_empty(R, F_)
         h3_RF = x_RD.new_empty(R, F_)
         for i, a, b in spans:
-            torch.mm(x_RD[a:b], w1_eFD[i].t(), out=h1_RF[a:b])
-            torch.mm(x_RD[a:b], w3_eFD[i].t(), out=h3_RF[a:b])
+            _mm_wT(x_RD[a:b], w1_eFD[i], h1_RF[a:b])
+            _mm_wT(x_RD[a:b], w3_eFD[i], h3_RF[a:b])
         h_RF = F.silu(h1_RF).mul_(h3_RF)
         if weights_R is not None:
             h_RF.mul_(weights_R[:, None])
         y_RD = x_RD.new_empty(R, w2_eDF.shape[1])
         for i, a, b in spans:
-            torch.mm(h_RF[a:b], w2_eDF[i].t(), out=y_RD[a:b])
+            _mm_wT(h_RF[a:b], w2_eDF[i], y_RD[a:b])
         need_x, need_w1, need_w3 = ctx.needs_input_grad[:3]
         ctx.save_for_backward(x_RD if need_w1 or need_w3 else None, w1_eFD if need_x else None,
                               w3_eFD if need_x else None, w2_eDF, h1_RF, h3_RF, weights_R)
@@ -128,6 +134,20 @@ class _SortedSwiGLU(torch.autograd.Function):
                     for i, a, b in spans:
                         torch.mm(dh1_RF[a:b], w1_eFD[i], out=dx_RD[a:b]).addmm_(dh3_RF[a:b], w3_eFD[i])
         return dx_RD, dw1, dw3, dw2, None, dr_R
+
+
+W_BLOCK = 512
+"""Rows of a weight per forward matmul on CPU (module docstring); 512 was as fast as or faster than 1024 and 2048."""
+
+
+def _mm_wT(x_nK: torch.Tensor, w_NK: torch.Tensor, out_nN: torch.Tensor) -> None:
+    """out_nN = x_nK @ w_NKᵀ; on CPU in blocks of W_BLOCK rows of w when it has at least two blocks of them."""
+    N = w_NK.shape[0]
+    if x_nK.device.type != "cpu" or N < 2 * W_BLOCK:
+        torch.mm(x_nK, w_NK.t(), out=out_nN)
+        return
+    for c in range(0, N, W_BLOCK):
+        torch.mm(x_nK, w_NK[c:c + W_BLOCK].t(), out=out_nN[:, c:c + W_BLOCK])
 
 
 def _grad_buffer(shape, like: torch.Tensor, spans) -> torch.Tensor:
