@@ -93,9 +93,10 @@ class CheckpointWriter(StagedWriter):
     """Write a checkpoint part by part into a temporary directory and rename it to `save_dir` when complete
     (megatron_moe.atomic.StagedWriter); on any failure nothing is left behind.
 
-    `background=True` (streaming converters): a part is written by one writer thread while the caller computes
-    the next one; at most one part is in flight (add_part waits for the previous write), so memory stays flat.
-    The caller must not modify a tensor after handing it to add_part. A failed write is raised by the next
+    `background=True` (streaming converters): a part is written by a writer thread (DCP's writer then writes the
+    part's two files with two threads of its own) while the caller computes the next one; at most one part is in
+    flight (add_part waits for the previous write), so memory stays flat. The caller must not modify a tensor
+    after handing it to add_part. A failed write is raised by the next
     add_part or at commit; abort waits for the write before removing the directory."""
 
     def __init__(self, save_dir: str | Path, config: dict, overwrite: bool = False, background: bool = False):
@@ -118,7 +119,7 @@ class CheckpointWriter(StagedWriter):
             dcp_save(tensors, self.tmp / MODEL_DIR / part, no_dist=True, sync_files=False, threads=2)
         else:
             self._wait()
-            self._pending = self._pool.submit(dcp_save, tensors, self.tmp / MODEL_DIR / part, True, False, 1)
+            self._pending = self._pool.submit(dcp_save, tensors, self.tmp / MODEL_DIR / part, True, False, 2)
         self.parts[part] = sorted(tensors)
         self.dtype = self.dtype or str(next(iter(tensors.values())).dtype).replace("torch.", "")
 
