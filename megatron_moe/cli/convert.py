@@ -5,6 +5,9 @@
 Methods: random, clustering, co-activation, gradient, sharing-inner, sharing-inter, upcycle
 (docs/expert_construction.md says when to use which). `--verify` exits 1 if the MoE with every expert at
 weight 1 differs from the dense model by more than 1e-4 (fp32). Bad input: one line on stderr, exit 2.
+The process keeps freed host memory for reuse, as CPU training does (host_memory.py: each layer's expert weights
+are then written into memory the previous layer used instead of freshly faulted pages; an allocator the user chose
+is left alone).
 """
 from __future__ import annotations
 
@@ -78,9 +81,14 @@ def options(args):
 def main(args) -> int:
     import sys
 
-    from ..construct.convert import convert_dense_to_moe, verify_conversion
+    import logging
 
+    from ..construct.convert import convert_dense_to_moe, verify_conversion
+    from ..host_memory import keep_freed_host_memory
+
+    allocator = keep_freed_host_memory()
     res = convert_dense_to_moe(args.load, args.save, options(args), progress=not args.no_progress)
+    logging.getLogger(__name__).info("%s", allocator)  # after the work: a failure stays one line
     print(f"wrote {res.path} ({args.method}, {res.moe.num_experts} experts x {res.moe.expert_ffn_size}, "
           f"top-{res.moe.top_k}) in {res.seconds:.1f} s")
     if not args.verify:
