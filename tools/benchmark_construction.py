@@ -6,6 +6,7 @@
 
     # streaming conversion of a LLaMA-2-7B-shaped random bf16 checkpoint (HF sharded safetensors, N layers)
     # vs `cp -r` + `sync` of the same files, alternating, medians: wall time, CPU time and peak RSS
+    # (--host-malloc-ab: also convert under glibc's default allocator, which convert otherwise changes)
     python tools/benchmark_construction.py streaming --layers 16,32 --repeats 3 --workdir /work/bench7b
 
     # writing checkpoint parts (one converted LLaMA-2-7B layer each, fresh tensors per part as the converter
@@ -149,6 +150,15 @@ def _timed_cmds(cmds: list) -> tuple[float, float, float]:
     return wall, cpu, rss
 
 
+_CONVERT_GLIBC_DEFAULT = (
+    "import sys; sys.path.insert(0, %r)\n"
+    "import megatron_moe.host_memory as h\n"
+    "h.keep_freed_host_memory = lambda: 'host allocator left as is (benchmark baseline)'\n"
+    "from megatron_moe.cli import tool\n"
+    "sys.argv[0] = 'convert'\n"
+    "tool('convert')\n" % str(Path(__file__).resolve().parents[1]))
+
+
 def bench_streaming(args) -> None:
     """Convert (random, E experts) against `cp -r` + `sync` of the same files, alternating, medians of --repeats.
     convert makes its output durable (fsync at commit), so cp + sync is the fair baseline."""
@@ -160,7 +170,7 @@ def bench_streaming(args) -> None:
         shutil.rmtree(work)
     work.mkdir(parents=True)
     tool = str(Path(__file__).resolve().parent / "convert_llama_to_moe.py")
-    rows = []
+    rows, sys_rows = [], []
     try:
         for layers in [int(x) for x in str(args.layers).split(",")]:
             need = (2 * 2 ** 30 + layers * 404 * 2 ** 20) * 2  # source + one output at a time, bf16
@@ -179,12 +189,21 @@ def bench_streaming(args) -> None:
             print(f"{layers} layers: wrote {size / 2 ** 30:.2f} GiB of {args.dtype} HF shards in "
                   f"{time.perf_counter() - t0:.0f} s")
             subprocess.run(["sync"], check=False)
-            cp, cv = [], []
-            convert = [sys.executable, tool, "--load", str(src), "--save", str(work / "moe"), "--num-experts",
-                       str(args.experts), "--top-k", "4", "--method", "random", "--no-progress"]
+            cp, cv, cv_sys = [], [], []
+            flags = ["--load", str(src), "--save", str(work / "moe"), "--num-experts", str(args.experts),
+                     "--top-k", "4", "--method", "random", "--no-progress"]
+            convert = [sys.executable, tool, *flags]
+            # the same command with glibc's default allocator (convert keeps freed host memory otherwise)
+            convert_sys = [sys.executable, "-c", _CONVERT_GLIBC_DEFAULT, *flags]
+            order = ["cp", "convert"] + (["convert-system"] if args.host_malloc_ab else [])
             for r in range(args.repeats):
-                for who in (("cp", "convert") if r % 2 == 0 else ("convert", "cp")):
-                    if who == "cp":
+                for who in order[r % len(order):] + order[:r % len(order)]:
+                    if who == "convert-system":
+                        cv_sys.append(_timed_cmds([convert_sys]))
+                        shutil.rmtree(work / "moe")
+                        print(f"  repeat {r + 1}: convert, glibc's default allocator {cv_sys[-1][0]:.1f} s "
+                              f"({cv_sys[-1][1]:.1f} s CPU), peak RSS {cv_sys[-1][2]:.2f} GiB")
+                    elif who == "cp":
                         t_cp = _timed_cmds([["cp", "-r", str(src), str(work / "copy")]])
                         t_sync = _timed_cmds([["sync"]])
                         cp.append((t_cp[0] + t_sync[0], t_cp[0], t_sync[0], t_cp[1] + t_sync[1]))
@@ -200,6 +219,9 @@ def bench_streaming(args) -> None:
             med = lambda xs, i: statistics.median(x[i] for x in xs)  # noqa: E731
             rows.append((layers, size, med(cp, 1), med(cp, 2), med(cp, 0), med(cv, 0), med(cv, 0) / med(cp, 0),
                          max(x[2] for x in cv), med(cp, 3), med(cv, 1)))
+            if cv_sys:
+                sys_rows.append((layers, med(cv_sys, 0), med(cv, 0), med(cv_sys, 0) / med(cv, 0),
+                                 max(x[2] for x in cv_sys), max(x[2] for x in cv)))
             shutil.rmtree(src)
     finally:
         if not args.keep:
@@ -211,6 +233,12 @@ def bench_streaming(args) -> None:
     for layers, size, c, sy, cs, cv_, ratio, rss, cpu_cp, cpu_cv in rows:
         print(f"| {layers} | {size / 2**30:.2f} GiB | {c:.1f} s | {sy:.1f} s | {cs:.1f} s | {cv_:.1f} s | "
               f"{ratio:.2f}× | {rss:.2f} GiB | {cpu_cp:.1f} s / {cpu_cv:.1f} s |")
+    if sys_rows:
+        print("\n| layers | convert, glibc's default allocator | convert (keeps freed memory) | speed-up | "
+              "peak RSS default / keep |")
+        print("| --- | --- | --- | --- | --- |")
+        for layers, t_sys, t_keep, ratio, rss_sys, rss_keep in sys_rows:
+            print(f"| {layers} | {t_sys:.1f} s | {t_keep:.1f} s | {ratio:.2f}× | {rss_sys:.2f} / {rss_keep:.2f} GiB |")
 
 
 def _converted_layer(seed: int) -> dict:
@@ -292,6 +320,8 @@ def main(argv=None) -> int:
     s.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
     s.add_argument("--repeats", type=int, default=3, help="alternating cp / convert pairs; medians are reported")
     s.add_argument("--keep", action="store_true", help="keep the generated files")
+    s.add_argument("--host-malloc-ab", action="store_true",
+                   help="also time convert under glibc's default allocator (a third contender in the alternation)")
     w = sub.add_parser("write", help="writing checkpoint parts: ours vs DCP's FileSystemWriter as it comes")
     w.add_argument("--workdir", default="/tmp/bench_write")
     w.add_argument("--parts", type=int, default=4, help="parts (one converted 7B layer each) per repeat")
