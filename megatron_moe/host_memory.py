@@ -13,8 +13,8 @@ heap grows until freed blocks coalesce: +7-11% peak RSS in CPU training (docs/be
 256 MiB tensor re-allocated alone in a loop, levelling off after ~7 rounds (tests/foundation/test_host_memory.py).
 
 Used by CPU training (train.keep_host_memory) and by `convert`, whose per-layer expert weights likewise reuse the
-previous layer's memory (16-layer conversion 18% faster, peak RSS 1.6 -> 1.9-2.0 GiB, still flat in the layers;
-docs/benchmarks.md).
+previous layer's memory (1.13-1.27x faster at 16-32 layers, peak RSS 1.5 -> 1.8-1.9 GiB, still flat in the
+layers; docs/benchmarks.md).
 
 Nothing is changed where the user chose the allocator: GLIBC_TUNABLES naming glibc.malloc, a MALLOC_*_ variable
 (glibc's older spelling), or an LD_PRELOAD'ed allocator (jemalloc, tcmalloc, mimalloc). Not glibc (musl, macOS):

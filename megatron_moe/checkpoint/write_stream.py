@@ -2,8 +2,8 @@
 
 torch.distributed.checkpoint hands each tensor's bytes to one `write()` call (`torch.save` of a 90 MB expert
 weight is one 90 MB write). Linux (6.x, ext4 and others with large folios) sizes the page-cache folios it
-allocates for a write by the write's length, so huge writes fill the page cache with 2 MiB folios; on the VMs
-we measured that path copies at a fifth of the speed of writes of 1 MiB or less (same bytes, same files:
+allocates for a write by the write's length, so huge writes fill the page cache with 2 MiB folios; on the VM
+we measured (kernel 6.18) that path copied at a fifth of the speed of writes of 1 MiB or less (same bytes, same files:
 docs/benchmarks.md, "Writing checkpoint files"). Cutting each write into 1 MiB pieces costs one system call
 per MiB anywhere else. The bytes on disk are exactly DCP's: only how they reach the kernel changes.
 """

@@ -79,9 +79,8 @@ def options(args):
 
 
 def main(args) -> int:
-    import sys
-
     import logging
+    import sys
 
     from ..construct.convert import convert_dense_to_moe, verify_conversion
     from ..host_memory import keep_freed_host_memory
