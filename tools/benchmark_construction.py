@@ -192,18 +192,14 @@ def bench_streaming(args) -> None:
             cp, cv, cv_sys = [], [], []
             flags = ["--load", str(src), "--save", str(work / "moe"), "--num-experts", str(args.experts),
                      "--top-k", "4", "--method", "random", "--no-progress"]
-            convert = [sys.executable, tool, *flags]
             # the same command with glibc's default allocator (convert keeps freed host memory otherwise)
-            convert_sys = [sys.executable, "-c", _CONVERT_GLIBC_DEFAULT, *flags]
+            converts = {"convert": ([sys.executable, tool, *flags], cv, "convert"),
+                        "convert-system": ([sys.executable, "-c", _CONVERT_GLIBC_DEFAULT, *flags], cv_sys,
+                                           "convert, glibc's default allocator")}
             order = ["cp", "convert"] + (["convert-system"] if args.host_malloc_ab else [])
             for r in range(args.repeats):
                 for who in order[r % len(order):] + order[:r % len(order)]:
-                    if who == "convert-system":
-                        cv_sys.append(_timed_cmds([convert_sys]))
-                        shutil.rmtree(work / "moe")
-                        print(f"  repeat {r + 1}: convert, glibc's default allocator {cv_sys[-1][0]:.1f} s "
-                              f"({cv_sys[-1][1]:.1f} s CPU), peak RSS {cv_sys[-1][2]:.2f} GiB")
-                    elif who == "cp":
+                    if who == "cp":
                         t_cp = _timed_cmds([["cp", "-r", str(src), str(work / "copy")]])
                         t_sync = _timed_cmds([["sync"]])
                         cp.append((t_cp[0] + t_sync[0], t_cp[0], t_sync[0], t_cp[1] + t_sync[1]))
@@ -211,10 +207,11 @@ def bench_streaming(args) -> None:
                         print(f"  repeat {r + 1}: cp -r {t_cp[0]:.1f} s + sync {t_sync[0]:.1f} s "
                               f"({t_cp[1] + t_sync[1]:.1f} s CPU)")
                     else:
-                        cv.append(_timed_cmds([convert]))
+                        cmd, times, label = converts[who]
+                        times.append(_timed_cmds([cmd]))
                         shutil.rmtree(work / "moe")
-                        print(f"  repeat {r + 1}: convert {cv[-1][0]:.1f} s ({cv[-1][1]:.1f} s CPU), "
-                              f"peak RSS {cv[-1][2]:.2f} GiB")
+                        print(f"  repeat {r + 1}: {label} {times[-1][0]:.1f} s ({times[-1][1]:.1f} s CPU), "
+                              f"peak RSS {times[-1][2]:.2f} GiB")
                     subprocess.run(["sync"], check=False)  # nothing of one run is flushed during the next
             med = lambda xs, i: statistics.median(x[i] for x in xs)  # noqa: E731
             rows.append((layers, size, med(cp, 1), med(cp, 2), med(cp, 0), med(cv, 0), med(cv, 0) / med(cp, 0),
