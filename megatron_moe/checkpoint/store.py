@@ -20,7 +20,7 @@ from ..atomic import StagedWriter
 from ..errors import CheckpointError
 from .format import CONFIG, INDEX, MODEL_DIR, TOKENIZER_FILES, read_index, resolve
 from .safe_dcp import SafeFileSystemReader, read_metadata_file
-from .write_stream import use_piecewise_writes
+from .write_stream import flush_and_drop, use_piecewise_writes
 
 
 def part_of(name: str) -> str:
@@ -93,55 +93,74 @@ class CheckpointWriter(StagedWriter):
     """Write a checkpoint part by part into a temporary directory and rename it to `save_dir` when complete
     (megatron_moe.atomic.StagedWriter); on any failure nothing is left behind.
 
+    Write-behind: once a part is written, its files are flushed to disk and dropped from the page cache
+    (write_stream.flush_and_drop), so however large the checkpoint, the page cache holds about two parts of it
+    and the commit has little left to flush.
+
     `background=True` (streaming converters): a part is written by a writer thread (DCP's writer then writes the
-    part's two files with two threads of its own) while the caller computes the next one; at most one part is in
-    flight (add_part waits for the previous write), so memory stays flat. The caller must not modify a tensor
-    after handing it to add_part. A failed write is raised by the next
-    add_part or at commit; abort waits for the write before removing the directory."""
+    part's two files with two threads of its own) while the caller computes the next one, and flushed by a third
+    thread while the writer writes the next. At most one part is being written and one flushed (add_part waits for
+    the previous write and the flush before it), so memory stays flat. The caller must not modify a tensor after
+    handing it to add_part. A failed write or flush is raised by the next add_part or at commit; abort waits for
+    both before removing the directory."""
 
     def __init__(self, save_dir: str | Path, config: dict, overwrite: bool = False, background: bool = False):
         super().__init__(save_dir, overwrite)
         (self.tmp / MODEL_DIR).mkdir()
         self.config, self.parts, self.dtype = config, {}, None
-        self._pool = None
+        self._pool = self._flusher = None
         if background:
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-writer")
-        self._pending = None
+            self._flusher = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-flusher")
+        self._pending = self._flushing = None  # the last part's write; the flush of the part before
 
     def add_part(self, part: str, tensors: dict[str, torch.Tensor]) -> None:
         if part in self.parts:
             raise ValueError(f"part {part!r} written twice")
         tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
-        # OS writes back in the background while the next part is computed; the commit flushes everything once
+        path = self.tmp / MODEL_DIR / part
         if self._pool is None:
-            dcp_save(tensors, self.tmp / MODEL_DIR / part, no_dist=True, sync_files=False, threads=2)
+            dcp_save(tensors, path, True, False, 2)
+            flush_and_drop(path)
         else:
             self._wait()
-            self._pending = self._pool.submit(dcp_save, tensors, self.tmp / MODEL_DIR / part, True, False, 2)
+            self._pending = self._pool.submit(self._write, tensors, path)
         self.parts[part] = sorted(tensors)
         self.dtype = self.dtype or str(next(iter(tensors.values())).dtype).replace("torch.", "")
 
+    def _write(self, tensors: dict, path: Path):
+        """Writer thread: one part (DCP's own writer, two files in parallel), then its flush handed on."""
+        dcp_save(tensors, path, True, False, 2)  # not synced here: the flusher does it
+        return self._flusher.submit(flush_and_drop, path)
+
     def _wait(self) -> None:
+        """Wait for the last part's write and for the flush before it (re-raising either's error here)."""
         pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()  # re-raises the writer thread's error here
+        flush = pending.result() if pending is not None else None
+        previous, self._flushing = self._flushing, flush
+        if previous is not None:
+            previous.result()
 
     def finish(self) -> None:
         self._wait()
-        if self._pool is not None:
-            self._pool.shutdown()
+        self._wait()  # the last part's flush
+        for pool in (self._pool, self._flusher):
+            if pool is not None:
+                pool.shutdown()
         self.write_json(f"{MODEL_DIR}/{INDEX}", {"parts": self.parts, "dtype": self.dtype})
         self.write_json(CONFIG, self.config)
 
     def abort(self) -> None:
         if self._pool is not None:
-            try:
-                self._wait()
-            except BaseException:  # the write's own error is secondary to the one being handled
-                pass
+            for _ in range(2):  # the write in flight, then the flushes
+                try:
+                    self._wait()
+                except BaseException:  # the write's own error is secondary to the one being handled
+                    pass
             self._pool.shutdown()
+            self._flusher.shutdown()
         super().abort()
 
 

@@ -59,20 +59,31 @@ def run_command(command: str, argv: Sequence[str], prog: Optional[str] = None, p
     """Parse `argv` for `command` and run it; returns the exit code (errors are one line, exit 2; an interrupt
     during start-up or work is one line and 128 + its number, docs/cli.md). Process entry points (`main`,
     `tool`, `python -m megatron_moe.train`) first make SIGTERM/SIGHUP interrupts (signals.py) and pass
-    process=True: the objects the command's imports created are then frozen out of the cyclic garbage collector
-    (`gc.freeze`), whose full collections otherwise walk torch's and transformers' ~10^6 module objects again and
-    again (13% of a checkpoint conversion's time, docs/benchmarks.md)."""
+    process=True: start-up (the command's module, its argument parsing, and the modules its `main` needs, which
+    a command names in `IMPORTS` so that `--help` does not pay for them) then runs with the cyclic garbage
+    collector off, and the objects it created are frozen out of the collector (`gc.freeze`). Its full
+    collections otherwise walk torch's, DCP's and transformers' ~10^6 module objects again and again: 0.4 s of
+    a conversion's start-up, and 13% of its time when they repeated during the work (docs/benchmarks.md)."""
     setup_logging()
 
     def start() -> int:
-        mod = _module(command)  # imports torch & co: a Ctrl-C here is handled like one during the work
         if process:
-            gc.freeze()
-        if getattr(mod, "RAW_ARGS", False):  # commands that hand their arguments to another parser (launch)
-            return mod.main(list(argv))
-        args = build_parser(command, prog).parse_args(list(argv))
-        check_outputs_are_not_inputs(args)
-        return mod.main(args)
+            gc.disable()
+        try:
+            mod = _module(command)  # imports torch & co: a Ctrl-C here is handled like one during the work
+            if getattr(mod, "RAW_ARGS", False):  # commands that hand their arguments to another parser (launch)
+                call = lambda: mod.main(list(argv))  # noqa: E731
+            else:
+                args = build_parser(command, prog).parse_args(list(argv))
+                check_outputs_are_not_inputs(args)
+                call = lambda: mod.main(args)  # noqa: E731
+            for name in getattr(mod, "IMPORTS", ()):
+                importlib.import_module(name)
+        finally:
+            if process:
+                gc.freeze()
+                gc.enable()
+        return call()
 
     return guarded(start)
 

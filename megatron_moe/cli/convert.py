@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from .common import add_dtype, add_load, add_progress, add_save
 
+IMPORTS = ("megatron_moe.construct.convert",)  # what main needs, imported at start-up (cli/__init__.py)
 VERIFY_TOL = 1e-4  # fp32 forward on the stored weights, any --dtype (docs/expert_construction.md)
 
 
