@@ -6,7 +6,7 @@
 
     # streaming conversion of a LLaMA-2-7B-shaped random bf16 checkpoint (HF sharded safetensors, N layers)
     # vs `cp -r` + `sync` of the same files, alternating, medians: wall time, CPU time and peak RSS
-    # (--host-malloc-ab: also convert under glibc's default allocator, which convert otherwise changes)
+    # (--variant glibc-malloc / no-write-behind, repeatable: also convert with that speed-up switched off)
     python tools/benchmark_construction.py streaming --layers 16,32 --repeats 3 --workdir /work/bench7b
 
     # writing checkpoint parts (one converted LLaMA-2-7B layer each, fresh tensors per part as the converter
@@ -150,13 +150,20 @@ def _timed_cmds(cmds: list) -> tuple[float, float, float]:
     return wall, cpu, rss
 
 
-_CONVERT_GLIBC_DEFAULT = (
-    "import sys; sys.path.insert(0, %r)\n"
-    "import megatron_moe.host_memory as h\n"
-    "h.keep_freed_host_memory = lambda: 'host allocator left as is (benchmark baseline)'\n"
-    "from megatron_moe.cli import tool\n"
-    "sys.argv[0] = 'convert'\n"
-    "tool('convert')\n" % str(Path(__file__).resolve().parents[1]))
+def _convert_with(patch: str) -> str:
+    """`python -c` source running convert with `patch` (Python statements) applied first."""
+    return ("import sys; sys.path.insert(0, %r)\n%s\nfrom megatron_moe.cli import tool\nsys.argv[0] = 'convert'\n"
+            "tool('convert')\n" % (str(Path(__file__).resolve().parents[1]), patch))
+
+
+# contenders besides convert as it is, each the same command with one thing switched off: name -> (patch, label)
+VARIANTS = {
+    "glibc-malloc": ("import megatron_moe.host_memory as h\n"
+                     "h.keep_freed_host_memory = lambda: 'host allocator left as is (benchmark baseline)'",
+                     "convert, glibc's default allocator"),
+    "no-write-behind": ("import megatron_moe.checkpoint.store as s\ns.flush_and_drop = lambda path: None",
+                        "convert without write-behind (all flushed at commit)"),
+}
 
 
 def bench_streaming(args) -> None:
@@ -170,7 +177,8 @@ def bench_streaming(args) -> None:
         shutil.rmtree(work)
     work.mkdir(parents=True)
     tool = str(Path(__file__).resolve().parent / "convert_llama_to_moe.py")
-    rows, sys_rows = [], []
+    variants = list(args.variant) + (["glibc-malloc"] if args.host_malloc_ab else [])
+    rows, var_rows = [], []
     try:
         for layers in [int(x) for x in str(args.layers).split(",")]:
             need = (2 * 2 ** 30 + layers * 404 * 2 ** 20) * 2  # source + one output at a time, bf16
@@ -189,14 +197,14 @@ def bench_streaming(args) -> None:
             print(f"{layers} layers: wrote {size / 2 ** 30:.2f} GiB of {args.dtype} HF shards in "
                   f"{time.perf_counter() - t0:.0f} s")
             subprocess.run(["sync"], check=False)
-            cp, cv, cv_sys = [], [], []
+            cp, cv, var_times = [], [], {name: [] for name in variants}
             flags = ["--load", str(src), "--save", str(work / "moe"), "--num-experts", str(args.experts),
                      "--top-k", "4", "--method", "random", "--no-progress"]
-            # the same command with glibc's default allocator (convert keeps freed host memory otherwise)
-            converts = {"convert": ([sys.executable, tool, *flags], cv, "convert"),
-                        "convert-system": ([sys.executable, "-c", _CONVERT_GLIBC_DEFAULT, *flags], cv_sys,
-                                           "convert, glibc's default allocator")}
-            order = ["cp", "convert"] + (["convert-system"] if args.host_malloc_ab else [])
+            converts = {"convert": ([sys.executable, tool, *flags], cv, "convert")}
+            for name in variants:
+                patch, label = VARIANTS[name]
+                converts[name] = ([sys.executable, "-c", _convert_with(patch), *flags], var_times[name], label)
+            order = ["cp", "convert"] + variants
             for r in range(args.repeats):
                 for who in order[r % len(order):] + order[:r % len(order)]:
                     if who == "cp":
@@ -216,9 +224,10 @@ def bench_streaming(args) -> None:
             med = lambda xs, i: statistics.median(x[i] for x in xs)  # noqa: E731
             rows.append((layers, size, med(cp, 1), med(cp, 2), med(cp, 0), med(cv, 0), med(cv, 0) / med(cp, 0),
                          max(x[2] for x in cv), med(cp, 3), med(cv, 1)))
-            if cv_sys:
-                sys_rows.append((layers, med(cv_sys, 0), med(cv, 0), med(cv_sys, 0) / med(cv, 0),
-                                 max(x[2] for x in cv_sys), max(x[2] for x in cv)))
+            for name in variants:
+                vt = var_times[name]
+                var_rows.append((layers, VARIANTS[name][1], med(vt, 0), med(cv, 0), med(vt, 0) / med(cv, 0),
+                                 max(x[2] for x in vt), max(x[2] for x in cv)))
             shutil.rmtree(src)
     finally:
         if not args.keep:
@@ -230,12 +239,12 @@ def bench_streaming(args) -> None:
     for layers, size, c, sy, cs, cv_, ratio, rss, cpu_cp, cpu_cv in rows:
         print(f"| {layers} | {size / 2**30:.2f} GiB | {c:.1f} s | {sy:.1f} s | {cs:.1f} s | {cv_:.1f} s | "
               f"{ratio:.2f}× | {rss:.2f} GiB | {cpu_cp:.1f} s / {cpu_cv:.1f} s |")
-    if sys_rows:
-        print("\n| layers | convert, glibc's default allocator | convert (keeps freed memory) | speed-up | "
-              "peak RSS default / keep |")
-        print("| --- | --- | --- | --- | --- |")
-        for layers, t_sys, t_keep, ratio, rss_sys, rss_keep in sys_rows:
-            print(f"| {layers} | {t_sys:.1f} s | {t_keep:.1f} s | {ratio:.2f}× | {rss_sys:.2f} / {rss_keep:.2f} GiB |")
+    if var_rows:
+        print("\n| layers | contender | its time | convert | convert's speed-up | peak RSS contender / convert |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for layers, label, t_var, t_cv, ratio, rss_var, rss_cv in var_rows:
+            print(f"| {layers} | {label} | {t_var:.1f} s | {t_cv:.1f} s | {ratio:.2f}× | "
+                  f"{rss_var:.2f} / {rss_cv:.2f} GiB |")
 
 
 def _converted_layer(seed: int) -> dict:
@@ -317,8 +326,11 @@ def main(argv=None) -> int:
     s.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
     s.add_argument("--repeats", type=int, default=3, help="alternating cp / convert pairs; medians are reported")
     s.add_argument("--keep", action="store_true", help="keep the generated files")
-    s.add_argument("--host-malloc-ab", action="store_true",
-                   help="also time convert under glibc's default allocator (a third contender in the alternation)")
+    s.add_argument("--variant", action="append", default=[], choices=sorted(VARIANTS),
+                   help="also time convert with one of its speed-ups switched off (repeatable; each is one more "
+                        "contender in the alternation): glibc-malloc = glibc's default allocator, no-write-behind "
+                        "= parts flushed only at commit, not dropped from the page cache")
+    s.add_argument("--host-malloc-ab", action="store_true", help="the same as --variant glibc-malloc")
     w = sub.add_parser("write", help="writing checkpoint parts: ours vs DCP's FileSystemWriter as it comes")
     w.add_argument("--workdir", default="/tmp/bench_write")
     w.add_argument("--parts", type=int, default=4, help="parts (one converted 7B layer each) per repeat")
