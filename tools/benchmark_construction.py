@@ -6,7 +6,7 @@
 
     # streaming conversion of a LLaMA-2-7B-shaped random bf16 checkpoint (HF sharded safetensors, N layers)
     # vs `cp -r` + `sync` of the same files, alternating, medians: wall time, CPU time and peak RSS
-    # (--variant glibc-malloc / no-write-behind, repeatable: also convert with that speed-up switched off)
+    # (--variant glibc-malloc / no-write-behind / with-crc, repeatable: also convert with that speed-up off)
     python tools/benchmark_construction.py streaming --layers 16,32 --repeats 3 --workdir /work/bench7b
 
     # writing checkpoint parts (one converted LLaMA-2-7B layer each, fresh tensors per part as the converter
@@ -163,6 +163,9 @@ VARIANTS = {
                      "convert, glibc's default allocator"),
     "no-write-behind": ("import megatron_moe.checkpoint.store as s\ns.flush_and_drop = lambda path: None",
                         "convert without write-behind (all flushed at commit)"),
+    "with-crc": ("import contextlib\nimport megatron_moe.checkpoint.write_stream as w\n"
+                 "w.records_without_crc = contextlib.nullcontext",
+                 "convert with CRC32 in every record (torch.save's default)"),
 }
 
 
@@ -329,7 +332,8 @@ def main(argv=None) -> int:
     s.add_argument("--variant", action="append", default=[], choices=sorted(VARIANTS),
                    help="also time convert with one of its speed-ups switched off (repeatable; each is one more "
                         "contender in the alternation): glibc-malloc = glibc's default allocator, no-write-behind "
-                        "= parts flushed only at commit, not dropped from the page cache")
+                        "= parts flushed only at commit, not dropped from the page cache, with-crc = records "
+                        "with torch.save's CRC32s")
     s.add_argument("--host-malloc-ab", action="store_true", help="the same as --variant glibc-malloc")
     w = sub.add_parser("write", help="writing checkpoint parts: ours vs DCP's FileSystemWriter as it comes")
     w.add_argument("--workdir", default="/tmp/bench_write")

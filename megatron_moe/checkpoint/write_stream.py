@@ -1,12 +1,20 @@
-"""How checkpoint files reach the OS and the disk: in pieces of at most 1 MiB, and (streaming writers) flushed
-and dropped from the page cache part by part.
+"""How checkpoint files reach the OS and the disk: in pieces of at most 1 MiB, without CRC32s nobody checks, and
+(streaming writers) flushed and dropped from the page cache part by part.
 
 torch.distributed.checkpoint hands each tensor's bytes to one `write()` call (`torch.save` of a 90 MB expert
 weight is one 90 MB write). Linux (6.x, ext4 and others with large folios) sizes the page-cache folios it
 allocates for a write by the write's length, so huge writes fill the page cache with 2 MiB folios; on the VM
 we measured (kernel 6.18) that path copied at a fifth of the speed of writes of 1 MiB or less (same bytes, same files:
 docs/benchmarks.md, "Writing checkpoint files"). Cutting each write into 1 MiB pieces costs one system call
-per MiB anywhere else. The bytes on disk are exactly DCP's: only how they reach the kernel changes.
+per MiB anywhere else.
+
+`records_without_crc()`: DCP stores each tensor as a `torch.save` zip record, and `torch.save` computes a CRC32 of
+every byte for the record's header; `torch.load` (so DCP's reader) never checks it (a flipped byte in a record
+loads silently: tests/foundation/test_checkpoint_writes.py), and a `.distcp` file, many zip archives end to end,
+is no zip file another tool could test. Our parts are written with torch's own switch for that
+(`torch.serialization.set_crc32_options(False)`, whose files torch.load is documented to load): the CRC fields
+are 0, and the CRC's pass over every byte (a tenth of a conversion's CPU time) is saved. Otherwise the bytes on
+disk are exactly DCP's.
 
 `flush_and_drop(part_dir)` is the write-behind of the streaming checkpoint writer (store.CheckpointWriter): a
 written part's files are flushed to disk (fdatasync) and their pages dropped from the page cache
@@ -19,14 +27,54 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from torch.distributed.checkpoint.filesystem import FileSystem
 
 WRITE_PIECE = 1 << 20
 """Largest single write() a checkpoint file gets: 1 MiB (2 MiB writes were already 1.7x slower than 1 MiB on
 the VM of docs/benchmarks.md; 256 KiB was no faster than 1 MiB)."""
+
+
+def _thread_local_crc_switch() -> bool:
+    """Whether this torch has the CRC switch as a thread-local override (torch.utils.serialization.config; 2.13
+    documents overrides as thread-local). Without it (older torch) records keep their CRCs: a process-wide switch
+    flipped by concurrent writer threads could be left off for the user's own torch.save."""
+    try:
+        from torch.utils.serialization import config
+    except ImportError:
+        return False
+    seen = []
+    try:
+        with config.patch({"save.compute_crc32": False}):
+            probe = threading.Thread(target=lambda: seen.append(torch.serialization.get_crc32_options()))
+            probe.start()
+            probe.join()
+            seen.append(torch.serialization.get_crc32_options())
+    except (AttributeError, KeyError, TypeError):
+        return False
+    return seen == [True, False]
+
+
+_CRC_SWITCH = None
+
+
+@contextmanager
+def records_without_crc():
+    """torch.save in this thread writes no CRC32 inside the block (where torch's switch is thread-local)."""
+    global _CRC_SWITCH
+    if _CRC_SWITCH is None:
+        _CRC_SWITCH = _thread_local_crc_switch()
+    if not _CRC_SWITCH:
+        yield
+        return
+    from torch.utils.serialization import config
+
+    with config.patch({"save.compute_crc32": False}):
+        yield
 
 
 class PieceWiseFileIO(io.FileIO):
@@ -41,7 +89,8 @@ class PieceWiseFileIO(io.FileIO):
 
 
 class PieceWiseFileSystem(FileSystem):
-    """DCP's local file system, writing files through PieceWiseFileIO (reads are unchanged)."""
+    """DCP's local file system, writing files through PieceWiseFileIO, their records without CRC32 (reads are
+    unchanged)."""
 
     @contextmanager
     def create_stream(self, path, mode: str):
@@ -50,8 +99,8 @@ class PieceWiseFileSystem(FileSystem):
                 yield stream
             return
         with io.BufferedWriter(PieceWiseFileIO(os.fspath(path), mode.replace("b", "")),
-                               buffer_size=WRITE_PIECE) as stream:
-            yield stream
+                               buffer_size=WRITE_PIECE) as stream, records_without_crc():
+            yield stream  # DCP's writer thread torch.saves the file's records into it
 
 
 def flush_and_drop(directory: str | Path) -> None:

@@ -6,8 +6,9 @@
     megatron-moe export  --load runs/x --save hf/x --format mixtral
 
 `tools/*.py` are the same commands under their historical script names. Each command lives in its own module
-(`megatron_moe.cli.<module>`) with `add_arguments(parser)` and `main(args) -> exit code`; common.py holds the
-shared flags, the one-line error reporting and the exit codes (docs/cli.md).
+(`megatron_moe.cli.<module>`) with `add_arguments(parser)` and `main(args) -> exit code`, and optionally
+`IMPORTS`, the modules `main` needs, which process start-up imports after the arguments parsed (run_command);
+common.py holds the shared flags, the one-line error reporting and the exit codes (docs/cli.md).
 """
 from __future__ import annotations
 

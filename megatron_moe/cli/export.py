@@ -10,6 +10,9 @@ from __future__ import annotations
 from .common import add_dtype, add_load, add_save, positive, torch_dtype
 
 
+IMPORTS = ("megatron_moe.export",)  # what main needs, imported at start-up (cli/__init__.py)
+
+
 def add_arguments(p) -> None:
     from ..formats import EXPORT_FORMATS
 

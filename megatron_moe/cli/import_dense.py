@@ -7,6 +7,9 @@ from __future__ import annotations
 from .common import add_dtype, add_load, add_progress, add_save, torch_dtype
 
 
+IMPORTS = ("megatron_moe.construct.import_dense",)  # what main needs, imported at start-up (cli/__init__.py)
+
+
 def add_arguments(p) -> None:
     add_load(p, "dense checkpoint directory (HF config.json + weights, or Meta params.json + consolidated.*.pth)")
     add_save(p, "output checkpoint directory (must not exist)")

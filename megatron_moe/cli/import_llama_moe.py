@@ -7,6 +7,9 @@ from __future__ import annotations
 from .common import add_dtype, add_load, add_save, torch_dtype
 
 
+IMPORTS = ("megatron_moe.export",)  # what main needs, imported at start-up (cli/__init__.py)
+
+
 def add_arguments(p) -> None:
     add_load(p, "LLaMA-MoE v1 HF directory (config.json + safetensors/bin)")
     add_save(p, "output checkpoint directory (must not exist)")

@@ -10,6 +10,9 @@ from __future__ import annotations
 from .common import add_load, add_save
 
 
+IMPORTS = ("megatron_moe.checkpoint.reshard",)  # what main needs, imported at start-up (cli/__init__.py)
+
+
 def add_arguments(p) -> None:
     add_load(p, "checkpoint or run directory")
     add_save(p, "output checkpoint directory (must not exist)")
