@@ -9,19 +9,21 @@ docs/benchmarks.md, "Writing checkpoint files"). Cutting each write into 1 MiB p
 per MiB anywhere else.
 
 `records_without_crc()`: DCP stores each tensor as a `torch.save` zip record, and `torch.save` computes a CRC32 of
-every byte for the record's header; `torch.load` (so DCP's reader) never checks it (a flipped byte in a record
-loads silently: tests/foundation/test_checkpoint_writes.py), and a `.distcp` file, many zip archives end to end,
-is no zip file another tool could test. Our parts are written with torch's own switch for that
-(`torch.serialization.set_crc32_options(False)`, whose files torch.load is documented to load): the CRC fields
-are 0, and the CRC's pass over every byte (a tenth of a conversion's CPU time) is saved. Otherwise the bytes on
-disk are exactly DCP's.
+every byte for the record's central directory entry; `torch.load` (so DCP's reader) never checks it (a flipped
+byte in a record loads silently: tests/foundation/test_checkpoint_writes.py), and a `.distcp` file, many zip
+archives end to end, is no zip file another tool could test. So each file of our parts is written with torch's own
+switch off (`torch.utils.serialization.config`'s `save.compute_crc32`, whose files torch.load is documented to
+load), set inside the DCP writer thread that writes it (the switch is a thread-local override); the CRC fields are
+0 and the serialization id torch derives from them differs, and the CRC's pass over every byte (2 s of CPU in a
+16-layer 7B conversion) is saved. A torch without a thread-local switch keeps the CRCs. Otherwise the bytes on disk
+are exactly DCP's.
 
 `flush_and_drop(part_dir)` is the write-behind of the streaming checkpoint writer (store.CheckpointWriter): a
 written part's files are flushed to disk (fdatasync) and their pages dropped from the page cache
 (posix_fadvise DONTNEED) while the next part is written. The output of a conversion (13 GB for a 7B model, 140 GB
 for a 70B one) then neither fills the page cache, which a container's memory limit counts, nor leaves gigabytes
 to flush at the commit; and the next part's writes reuse the pages just dropped instead of growing the page cache
-into memory the VM's host may have to fault in again (2-3x slower writes on the VM of docs/benchmarks.md).
+into memory the VM's host may have to fault in again (conversions 1.5x faster on the VM of docs/benchmarks.md).
 """
 from __future__ import annotations
 
