@@ -10,8 +10,8 @@
     python tools/benchmark_construction.py streaming --layers 16,32 --repeats 3 --workdir /work/bench7b
 
     # writing checkpoint parts (one converted LLaMA-2-7B layer each, fresh tensors per part as the converter
-    # makes them): ours (checkpoint.store.dcp_save, 1 MiB writes) vs DCP's FileSystemWriter as it comes,
-    # alternating, same bytes; wall time of the writes and of the sync after them
+    # makes them): ours (checkpoint.store.dcp_save: 1 MiB writes, records without CRC32) vs DCP's
+    # FileSystemWriter as it comes, alternating, same tensors; wall time of the writes and of the sync after them
     python tools/benchmark_construction.py write --parts 4 --repeats 4 --workdir /work/bench_write
 """
 from __future__ import annotations
@@ -260,7 +260,8 @@ def _converted_layer(seed: int) -> dict:
 
 
 def bench_write(args) -> None:
-    """dcp_save (1 MiB writes) against DCP's own FileSystemWriter on the same tensors, alternating."""
+    """dcp_save (1 MiB writes, records without CRC32 since 4be3841) against DCP's own FileSystemWriter on the same
+    tensors, alternating."""
     import statistics
     import warnings
 

@@ -31,9 +31,9 @@ def part_of(name: str) -> str:
 
 
 def dcp_save(tensors: dict, path: Path, no_dist: bool, sync_files: bool = True, threads: int = 1) -> None:
-    """Write one DCP part; sync_files=False leaves flushing to the caller (one pass at commit); threads > 1
-    writes that many files in parallel (serialisation overlaps the writes). Files reach the OS in pieces of at
-    most 1 MiB, their records without CRC32 (checkpoint/write_stream.py)."""
+    """Write one DCP part; sync_files=False leaves flushing to the caller (CheckpointWriter's write-behind);
+    threads > 1 writes that many files in parallel (serialisation overlaps the writes). Files reach the OS in
+    pieces of at most 1 MiB, their records without CRC32 (checkpoint/write_stream.py)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         writer = dcp.FileSystemWriter(str(path), sync_files=sync_files, thread_count=threads)
